@@ -1,0 +1,39 @@
+"""Typed errors raised by the library; the CLI turns each into one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class FlowkitError(Exception):
+    """Base class of every error flowkit raises on purpose."""
+
+
+class ConfigError(FlowkitError):
+    """An option or combination of options that cannot work."""
+
+
+class VideoError(FlowkitError):
+    """A video that cannot be opened or decoded; names the file and the cause."""
+
+    def __init__(self, path: str | Path, cause: str) -> None:
+        self.path = str(path)
+        self.cause = cause
+        super().__init__(f"{self.path}: {cause}")
+
+
+class CheckpointError(FlowkitError):
+    """A weights file that is missing, truncated or of an unknown layout."""
+
+    def __init__(self, path: str | Path, cause: str) -> None:
+        self.path = str(path)
+        self.cause = cause
+        super().__init__(f"{self.path}: {cause}")
+
+
+class EngineUnavailableError(FlowkitError):
+    """A flow engine or device that this installation cannot provide."""
+
+
+class ManifestError(FlowkitError):
+    """An output folder whose job record conflicts with the requested run."""
