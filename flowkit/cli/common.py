@@ -1,0 +1,106 @@
+"""Pieces every CLI command shares: error handling at the edge, batch options, shard parsing, summary."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from flowkit.errors import ConfigError, FlowkitError, ManifestError
+
+log = logging.getLogger("flowkit")
+
+
+# -- error handling at the edge -------------------------------------------------------------------
+def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn typed library errors into one clear line; FLOWKIT_DEBUG=1 shows the traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except KeyboardInterrupt:
+            click.echo("flowkit: interrupted; rerun the same command to resume", err=True)
+            sys.exit(130)
+        except FlowkitError as exc:
+            if os.environ.get("FLOWKIT_DEBUG"):
+                raise
+            click.echo(f"flowkit: error: {exc}", err=True)
+            sys.exit(2 if isinstance(exc, ConfigError | ManifestError) else 1)
+
+    return wrapper
+
+
+def setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="flowkit: %(message)s")
+
+
+# -- options shared by every batch command --------------------------------------------------------
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """'i/N' -> (i, N); 'auto' reads the Slurm array variables; None -> (0, 1)."""
+    if text is None:
+        return 0, 1
+    if text == "auto":
+        return _slurm_shard()
+    try:
+        i, n = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must look like i/N (e.g. 3/16) or 'auto', got {text!r}") from None
+    return i, n
+
+
+def _slurm_shard() -> tuple[int, int]:
+    env = os.environ
+    if "SLURM_ARRAY_TASK_ID" not in env or "SLURM_ARRAY_TASK_COUNT" not in env:
+        raise ConfigError("--shard auto needs SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT (a job array)")
+    task = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+    step = int(env.get("SLURM_ARRAY_TASK_STEP", "1") or 1)
+    return task // step, int(env["SLURM_ARRAY_TASK_COUNT"])
+
+
+def batch_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options every batch command shares: parallelism, backend, shard, resume policy, quiet."""
+    decorators = [
+        click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+                     help="Output folder (created; holds .flowkit/ with the resumable manifest)."),
+        click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Parallel workers (processes with the loky backend)."),
+        click.option("--backend", type=click.Choice(["loky", "threading", "sequential", "dask"]),
+                     default="loky", show_default=True, help="Where the workers run."),
+        click.option("--scheduler", default=None, help="Dask scheduler address (default: a LocalCluster)."),
+        click.option("--shard", default=None,
+                     help="Process only shard i of N ('i/N', unit k -> shard k mod N) or 'auto' (Slurm)."),
+        click.option("--overwrite", is_flag=True, help="Redo everything, even with a different config."),
+        click.option("--retry-failed", is_flag=True, help="Rerun only the units that failed last time."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bar, warnings only."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def run_options(jobs: int, backend: str, scheduler: str | None, shard: str | None, overwrite: bool,
+                retry_failed: bool, quiet: bool, devices: tuple[str, ...] = ()) -> Any:
+    """Build the runner's RunOptions from the shared CLI options."""
+    from flowkit.jobs.runner import RunOptions
+
+    return RunOptions(jobs=jobs, backend=backend, scheduler=scheduler, shard=parse_shard(shard),
+                      overwrite=overwrite, retry_failed=retry_failed, quiet=quiet, devices=devices)
+
+
+def finish(summary: Any) -> None:
+    """Print the end summary and exit with its code (0 only if nothing failed)."""
+    for line in summary.lines():
+        click.echo(line)
+    sys.exit(summary.exit_code)
+
+
+def drop_unset(**values: Any) -> dict[str, Any]:
+    """Options the user did not give stay None on the CLI; the library's config fills the defaults."""
+    return {k: v for k, v in values.items() if v is not None}

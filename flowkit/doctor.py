@@ -1,0 +1,61 @@
+"""`flowkit doctor`: what this installation can do (versions, devices, decoding) in one screen."""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def _versions() -> list[tuple[str, str]]:
+    import h5py
+    import joblib
+    import torch
+
+    import flowkit
+
+    return [("flowkit", flowkit.__version__), ("python", platform.python_version()),
+            ("torch", torch.__version__), ("opencv", cv2.__version__), ("numpy", np.__version__),
+            ("h5py", f"{h5py.__version__} (HDF5 {h5py.version.hdf5_version})"),
+            ("joblib", joblib.__version__)]
+
+
+def _devices() -> list[tuple[str, str]]:
+    import torch
+
+    rows = [("cpu cores", str(os.cpu_count())), ("torch threads", str(torch.get_num_threads()))]
+    if torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        rows.append(("cuda devices", "; ".join(f"cuda:{i} {n}" for i, n in enumerate(names))))
+    else:
+        rows.append(("cuda devices", "none (flow and features run on the CPU)"))
+    cv_cuda = cv2.cuda.getCudaEnabledDeviceCount() if hasattr(cv2, "cuda") else 0
+    rows.append(("opencv built with CUDA", "yes" if cv_cuda > 0 else "no"))
+    rows.append(("cv2.optflow (tvl1-opencv)", "yes" if hasattr(cv2, "optflow") else "missing"))
+    return rows
+
+
+def _decode_check() -> tuple[str, str]:
+    from flowkit.video import read_all
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "check.mp4"
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (64, 48))
+        for i in range(5):
+            writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
+        writer.release()
+        try:
+            frames, _ = read_all(path)
+        except Exception as exc:  # noqa: BLE001 - doctor reports, never crashes
+            return "decode a generated clip", f"FAILED: {exc}"
+    ok = len(frames) == 5
+    return "decode a generated clip", "ok (5/5 frames)" if ok else f"FAILED: {len(frames)}/5 frames"
+
+
+def report() -> list[tuple[str, str]]:
+    """(name, value) rows describing this installation."""
+    return _versions() + _devices() + [_decode_check()]

@@ -1,0 +1,232 @@
+"""The resumable job record in OUT/.flowkit/: job.json, per-worker event logs, done records, locks.
+
+Ground truth for "done" is an output renamed into place plus its done record (written last); the event
+logs explain what happened (start / done / failed with error and seconds). One writer per log file, so
+the logs are safe on shared filesystems as long as process ids differ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import flowkit
+from flowkit.errors import ManifestError
+
+STATE_DIR = ".flowkit"
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """Stable short hash of the output-defining config (sorted JSON)."""
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text to a temporary sibling, fsync, and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def safe_name(unit_id: str) -> str:
+    """A flat file name for a unit id that may contain '/', spaces or non-ASCII characters."""
+    digest = hashlib.sha1(unit_id.encode()).hexdigest()[:10]
+    flat = "".join(c if c.isalnum() or c in "-_." else "_" for c in unit_id)[-80:]
+    return f"{flat}-{digest}"
+
+
+@dataclass
+class Manifest:
+    """Access to one output folder's job state."""
+
+    out_dir: Path
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        self.state_dir = self.out_dir / STATE_DIR
+
+    # -- job record -------------------------------------------------------------------------------
+    @property
+    def job_path(self) -> Path:
+        return self.state_dir / "job.json"
+
+    def read_job(self) -> dict[str, Any] | None:
+        """The job record, or None for a fresh folder."""
+        try:
+            return json.loads(self.job_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{self.job_path}: corrupt job record ({exc})") from exc
+
+    def open_job(self, command: str, config: Mapping[str, Any], overwrite: bool) -> str:
+        """Create or check the job record; refuse a different config unless overwrite. Returns the hash."""
+        digest = config_hash(config)
+        old = self.read_job()
+        if old is not None and not overwrite:
+            if old.get("command") != command or old.get("config_hash") != digest:
+                raise ManifestError(self._mismatch(old, command, config))
+            return digest
+        record = {
+            "command": command,
+            "config": dict(config),
+            "config_hash": digest,
+            "flowkit_version": flowkit.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        atomic_write_text(self.job_path, json.dumps(record, indent=2, sort_keys=True, default=str))
+        return digest
+
+    def _mismatch(self, old: Mapping[str, Any], command: str, config: Mapping[str, Any]) -> str:
+        if old.get("command") != command:
+            what = f"it holds a `{old.get('command')}` job, not `{command}`"
+        else:
+            diff = sorted(
+                k
+                for k in set(config) | set(old.get("config", {}))
+                if old.get("config", {}).get(k) != config.get(k)
+            )
+            what = "the config differs in: " + ", ".join(
+                f"{k} (was {old.get('config', {}).get(k)!r}, now {config.get(k)!r})" for k in diff
+            )
+        return f"{self.out_dir}: refusing to resume, {what}. Use --overwrite to start over."
+
+    def write_units(self, unit_ids: list[str]) -> None:
+        """Record the full sorted unit list (the same for every shard), so status can count what is left."""
+        path = self.state_dir / "units.json"
+        text = json.dumps({"units": unit_ids})
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            atomic_write_text(path, text)
+
+    def read_units(self) -> list[str]:
+        """The unit list of the job, empty if no run has started yet."""
+        try:
+            return json.loads((self.state_dir / "units.json").read_text(encoding="utf-8"))["units"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            return []
+
+    # -- done records -----------------------------------------------------------------------------
+    def done_path(self, unit_id: str) -> Path:
+        return self.state_dir / "done" / f"{safe_name(unit_id)}.json"
+
+    def write_done(self, unit_id: str, record: Mapping[str, Any]) -> None:
+        """Record a unit as done; call only after its output is renamed into place."""
+        atomic_write_text(
+            self.done_path(unit_id), json.dumps({"unit": unit_id, **record}, default=str)
+        )
+
+    def read_done(self, unit_id: str) -> dict[str, Any] | None:
+        """The done record of a unit, or None (also for a corrupt record, which means not done)."""
+        try:
+            return json.loads(self.done_path(unit_id).read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def clear_done(self, unit_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.done_path(unit_id).unlink()
+
+    def all_done(self) -> list[dict[str, Any]]:
+        """Every done record in the folder (all shards)."""
+        records = []
+        for path in sorted((self.state_dir / "done").glob("*.json")):
+            with contextlib.suppress(json.JSONDecodeError, OSError):
+                records.append(json.loads(path.read_text(encoding="utf-8")))
+        return records
+
+    # -- events -----------------------------------------------------------------------------------
+    def events(self) -> Iterator[dict[str, Any]]:
+        """All events of all workers, each log in order; a truncated last line is skipped."""
+        for path in sorted((self.state_dir / "events").glob("*.jsonl")):
+            with open(path, encoding="utf-8") as fh:
+                for line in fh:
+                    with contextlib.suppress(json.JSONDecodeError):
+                        yield json.loads(line)
+
+
+class EventLog:
+    """Append-only JSONL log owned by one process; one write() per record."""
+
+    def __init__(self, manifest: Manifest, tag: str) -> None:
+        folder = manifest.state_dir / "events"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"{tag}-{socket.gethostname()}-{os.getpid()}.jsonl"
+        self._fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def write(self, event: str, **fields: Any) -> None:
+        record = {"event": event, "time": time.time(), **fields}
+        os.write(self._fd, (json.dumps(record, default=str) + "\n").encode())
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+class RunLock:
+    """An exclusive lock on one shard of an output folder, so two runs never write the same units."""
+
+    def __init__(self, manifest: Manifest, tag: str) -> None:
+        self.path = manifest.state_dir / "locks" / f"{tag}.lock"
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not self._stale():
+                    raise ManifestError(self._held_message()) from None
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+                continue
+            os.write(
+                fd,
+                json.dumps(
+                    {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+                ).encode(),
+            )
+            os.close(fd)
+            return
+        raise ManifestError(self._held_message())
+
+    def _owner(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def _stale(self) -> bool:
+        owner = self._owner()
+        if owner.get("host") != socket.gethostname():
+            return False  # another machine: only a person can say it is gone
+        try:
+            os.kill(int(owner.get("pid", -1)), 0)
+        except (ProcessLookupError, ValueError):
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def _held_message(self) -> str:
+        owner = self._owner()
+        return (
+            f"another flowkit run (host {owner.get('host', '?')}, pid {owner.get('pid', '?')}) is "
+            f"writing this output; wait for it, or delete {self.path} if it is gone"
+        )
+
+    def release(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()

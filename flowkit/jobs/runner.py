@@ -1,0 +1,331 @@
+"""Run units on joblib (loky processes, threads), a Dask cluster, or one shard of N; resume; summarise.
+
+Workers never raise: each unit returns a UnitResult (done / failed + one-line cause), so one bad video
+never stops the run. Units are sorted by id and unit k belongs to shard k mod N, so shard membership never
+depends on what is already done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from joblib import Parallel, delayed, parallel_config
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from flowkit.errors import ConfigError, FlowkitError
+from flowkit.inputs import VideoItem
+from flowkit.jobs.manifest import EventLog, Manifest, RunLock
+
+log = logging.getLogger("flowkit")
+
+BACKENDS = ("loky", "threading", "sequential", "dask")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A unit of work: one video (flow, frames) or a group of consecutive videos (a feature shard)."""
+
+    uid: str
+    index: int
+    items: tuple[VideoItem, ...]
+
+
+@dataclass
+class UnitResult:
+    """What a worker returns: status, timing, frames processed, failures (one per failed video)."""
+
+    uid: str
+    status: str  # "done" | "failed"
+    seconds: float = 0.0
+    frames: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line cause)
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+class Pipeline(Protocol):
+    """What a command provides to the runner; must be picklable (heavy state is built lazily)."""
+
+    command: str
+
+    def output_config(self) -> dict[str, Any]: ...
+    def make_units(self, items: Sequence[VideoItem]) -> list[Unit]: ...
+    def is_done(self, unit: Unit, manifest: Manifest) -> bool: ...
+    def process(self, unit: Unit, manifest: Manifest) -> UnitResult: ...
+    def finalize(self, manifest: Manifest) -> None: ...
+
+
+@dataclass
+class RunOptions:
+    """How to run: parallelism, backend, cluster shard, resume policy, devices."""
+
+    jobs: int = 1
+    backend: str = "loky"
+    scheduler: str | None = None
+    shard: tuple[int, int] = (0, 1)
+    overwrite: bool = False
+    retry_failed: bool = False
+    quiet: bool = False
+    devices: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(
+                f"unknown backend {self.backend!r}; choose from {', '.join(BACKENDS)}"
+            )
+        if self.jobs < 1:
+            raise ConfigError(f"--jobs must be >= 1, got {self.jobs}")
+        i, n = self.shard
+        if n < 1 or not 0 <= i < n:
+            raise ConfigError(f"--shard must be i/N with 0 <= i < N, got {i}/{n}")
+
+    @property
+    def shard_tag(self) -> str:
+        return f"shard-{self.shard[0]}-of-{self.shard[1]}"
+
+
+@dataclass
+class RunSummary:
+    """Counts and failures of one run; exit code 0 only when nothing failed."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str, str]] = field(default_factory=list)  # (unit, path, cause)
+    pending: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def lines(self) -> list[str]:
+        """Human-readable summary: one line of counts, then one line per failure."""
+        rate = (
+            f", {self.frames / self.seconds:.1f} frames/s"
+            if self.seconds > 0 and self.frames
+            else ""
+        )
+        head = f"done {self.done}, skipped {self.skipped} (already done), failed {len(self.failed)}"
+        if self.pending:
+            head += f", not attempted {self.pending}"
+        out = [head + f" in {self.seconds:.1f}s{rate}"]
+        out += [f"FAILED {path}: {cause}" for _, path, cause in self.failed]
+        return out
+
+
+# -- device assignment: one device per worker process/thread ------------------------------------
+_worker_device: str | None = None
+_thread_device = threading.local()
+
+
+def _claim_device(devices: Any) -> None:
+    global _worker_device
+    with contextlib.suppress(queue.Empty):
+        _worker_device = devices.get(timeout=5)
+
+
+def current_device(default: str = "auto") -> str:
+    """The device this worker was given (several GPUs: one per worker), else `default`."""
+    return getattr(_thread_device, "device", None) or _worker_device or default
+
+
+def _device_queue(devices: Sequence[str], jobs: int, manager: Any) -> Any:
+    q = manager.Queue() if manager is not None else queue.Queue()
+    # Extra copies so that a worker respawned by loky still finds a device.
+    for k in range(jobs * 8):
+        q.put(devices[k % len(devices)])
+    return q
+
+
+# -- one unit, inside a worker --------------------------------------------------------------------
+_event_logs: dict[tuple[str, str], EventLog] = {}
+
+
+def _event_log(out_dir: Path, tag: str) -> EventLog:
+    key = (str(out_dir), f"{tag}-{os.getpid()}-{threading.get_ident()}")
+    if key not in _event_logs:
+        _event_logs[key] = EventLog(Manifest(out_dir), f"{tag}-t{threading.get_ident() % 10000}")
+    return _event_logs[key]
+
+
+def execute_unit(
+    pipeline: Pipeline, unit: Unit, out_dir: Path, tag: str, devices: Any = None
+) -> UnitResult:
+    """Run one unit and never raise: every exception becomes a failed result with a one-line cause."""
+    if devices is not None and getattr(_thread_device, "device", None) is None:
+        with contextlib.suppress(queue.Empty):
+            _thread_device.device = devices.get(timeout=5)
+    events = _event_log(out_dir, tag)
+    events.write("start", unit=unit.uid, device=current_device(""))
+    start = time.perf_counter()
+    try:
+        result = pipeline.process(unit, Manifest(out_dir))
+    except Exception as exc:  # noqa: BLE001 - workers return failures as values
+        if os.environ.get("FLOWKIT_DEBUG"):
+            traceback.print_exc()
+        path = str(unit.items[0].path) if len(unit.items) == 1 else unit.uid
+        result = UnitResult(unit.uid, "failed", failures=[(path, one_line(exc))])
+    result.seconds = time.perf_counter() - start
+    fields = {"unit": unit.uid, "shard": tag, "seconds": round(result.seconds, 3), "frames": result.frames}
+    if result.failures:
+        fields["failures"] = result.failures
+    events.write(result.status, **fields)
+    return result
+
+
+def one_line(exc: BaseException) -> str:
+    """A one-line description of an exception (typed flowkit errors already name the file)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, FlowkitError):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# -- the run --------------------------------------------------------------------------------------
+def _select(
+    pipeline: Pipeline, units: list[Unit], manifest: Manifest, opts: RunOptions, summary: RunSummary
+) -> list[Unit]:
+    i, n = opts.shard
+    mine = [u for u in units if u.index % n == i]
+    last_failed = _last_failed(manifest) if opts.retry_failed else set()
+    todo = []
+    for unit in mine:
+        if opts.overwrite:
+            manifest.clear_done(unit.uid)
+            todo.append(unit)
+        elif pipeline.is_done(unit, manifest):
+            summary.skipped += 1
+        elif opts.retry_failed and unit.uid not in last_failed:
+            summary.pending += 1
+        else:
+            todo.append(unit)
+    return todo
+
+
+def _last_failed(manifest: Manifest) -> set[str]:
+    last: dict[str, str] = {}
+    for ev in manifest.events():
+        if ev.get("event") in ("done", "failed") and "unit" in ev:
+            last[ev["unit"]] = ev["event"]
+    return {uid for uid, status in last.items() if status == "failed"}
+
+
+def run_pipeline(
+    pipeline: Pipeline, items: Sequence[VideoItem], out_dir: str | Path, options: RunOptions
+) -> RunSummary:
+    """Run a command over its inputs with resume, locking, progress and a summary."""
+    out = Path(out_dir)
+    manifest = Manifest(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(manifest, options.shard_tag)
+    lock.acquire()
+    try:
+        manifest.open_job(pipeline.command, pipeline.output_config(), options.overwrite)
+        summary = RunSummary()
+        units = pipeline.make_units(items)
+        manifest.write_units([u.uid for u in units])
+        todo = _select(pipeline, units, manifest, options, summary)
+        start = time.perf_counter()
+        for result in _progress(_results(pipeline, todo, out, options), len(todo), options.quiet):
+            _account(summary, result)
+        summary.seconds = time.perf_counter() - start
+        pipeline.finalize(manifest)
+        return summary
+    finally:
+        lock.release()
+
+
+def _account(summary: RunSummary, result: UnitResult) -> None:
+    summary.frames += result.frames
+    if result.status == "done":
+        summary.done += 1
+    summary.failed.extend((result.uid, path, cause) for path, cause in result.failures)
+
+
+def _progress(results: Iterable[UnitResult], total: int, quiet: bool) -> Iterator[UnitResult]:
+    frames = failed = 0
+    start = time.perf_counter()
+    bar = tqdm(total=total, unit="video", disable=quiet or None, dynamic_ncols=True)
+    with logging_redirect_tqdm(), bar:
+        for result in results:
+            frames += result.frames
+            failed += result.status == "failed"
+            bar.update(1)
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(frames_per_s=f"{frames / elapsed:.1f}", failed=failed)
+            yield result
+
+
+def _results(
+    pipeline: Pipeline, todo: list[Unit], out: Path, opts: RunOptions
+) -> Iterator[UnitResult]:
+    if not todo:
+        return iter(())
+    tag = opts.shard_tag
+    jobs = min(opts.jobs, len(todo))
+    if opts.backend == "sequential" or (jobs == 1 and opts.backend != "dask"):
+        devices = _device_queue(opts.devices, 1, None) if opts.devices else None
+        return (execute_unit(pipeline, u, out, tag, devices) for u in todo)
+    if opts.backend == "dask":
+        return _dask_results(pipeline, todo, out, opts)
+    return _joblib_results(pipeline, todo, out, opts, jobs)
+
+
+def _joblib_results(
+    pipeline: Pipeline, todo: list[Unit], out: Path, opts: RunOptions, jobs: int
+) -> Iterator[UnitResult]:
+    tag = opts.shard_tag
+    kwargs: dict[str, Any] = {}
+    devices = None
+    if opts.devices and opts.backend == "loky":
+        import multiprocessing
+
+        manager = multiprocessing.Manager()
+        kwargs = {
+            "initializer": _claim_device,
+            "initargs": (_device_queue(opts.devices, jobs, manager),),
+        }
+    elif opts.devices:
+        devices = _device_queue(opts.devices, jobs, None)
+    parallel = Parallel(
+        n_jobs=jobs, backend=opts.backend, return_as="generator_unordered", **kwargs
+    )
+    yield from parallel(delayed(execute_unit)(pipeline, u, out, tag, devices) for u in todo)
+
+
+def _dask_results(
+    pipeline: Pipeline, todo: list[Unit], out: Path, opts: RunOptions
+) -> Iterator[UnitResult]:
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise ConfigError("--backend dask needs the extra: pip install 'flowkit[dask]'") from exc
+    cluster = None
+    if opts.scheduler:
+        client = Client(opts.scheduler)
+    else:
+        cluster = LocalCluster(
+            n_workers=opts.jobs, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+        client = Client(cluster)
+    try:
+        with parallel_config(backend="dask"):
+            parallel = Parallel(return_as="generator_unordered")
+            yield from parallel(
+                delayed(execute_unit)(pipeline, u, out, opts.shard_tag) for u in todo
+            )
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

@@ -1,0 +1,163 @@
+"""Per-video folders of JPEG/PNG frames in the naming presets trainers read, written atomically.
+
+A video's files go to a hidden temporary folder beside the final one and the folder is renamed into
+place only when complete, so a killed run never leaves a half-written folder under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from flowkit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A naming preset (DESIGN §2): first file index and whether RGB file k is the second frame of pair k."""
+
+    name: str
+    first_index: int
+    rgb_is_second_frame: bool
+    rgb_prefix: str = "img"
+    flow_prefix: str = "flow"
+
+    def rgb_name(self, k: int, ext: str = "jpg") -> str:
+        """File name of the k-th RGB file written (k counts from 0)."""
+        return f"{self.rgb_prefix}_{k + self.first_index:05d}.{ext}"
+
+    def flow_name(self, axis: str, k: int, ext: str = "jpg") -> str:
+        """File name of flow k (frame k -> k+step) for axis 'x' or 'y'."""
+        return f"{self.flow_prefix}_{axis}_{k + self.first_index:05d}.{ext}"
+
+    def rgb_frames(self, num_frames: int, step: int = 1) -> range:
+        """Decoded frame indices written as RGB: all N, or (TSN) the second frame of each pair."""
+        return range(step, num_frames) if self.rgb_is_second_frame else range(num_frames)
+
+    def trainer_hint(self) -> str:
+        """The mmaction2 RawframeDataset settings that read this layout."""
+        return (
+            f"filename_tmpl='{self.rgb_prefix}_{{:05}}.jpg' (RGB) / "
+            f"'{self.flow_prefix}_{{}}_{{:05d}}.jpg' (flow), start_index={self.first_index}"
+        )
+
+
+LAYOUTS: dict[str, Layout] = {
+    "mmaction2": Layout("mmaction2", first_index=1, rgb_is_second_frame=False),
+    "denseflow": Layout("denseflow", first_index=0, rgb_is_second_frame=False),
+    "tsn": Layout("tsn", first_index=1, rgb_is_second_frame=True),
+}
+
+
+def get_layout(name: str) -> Layout:
+    """Look up a naming preset by name."""
+    try:
+        return LAYOUTS[name]
+    except KeyError:
+        raise ConfigError(f"unknown layout {name!r}; choose from {', '.join(LAYOUTS)}") from None
+
+
+def encode_image(image: np.ndarray, ext: str, jpeg_quality: int = 95) -> bytes:
+    """Encode an image (gray or BGR uint8) as JPEG or PNG bytes."""
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if ext == "jpg" else []
+    ok, buf = cv2.imencode(f".{ext}", image, params)
+    if not ok:
+        raise OSError(f"could not encode a {image.shape} image as {ext}")
+    return buf.tobytes()
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+
+
+class FolderWriter:
+    """Writes one video's files into a temporary folder on a small thread pool, then renames it into place."""
+
+    def __init__(self, final_dir: Path, threads: int = 2, max_pending: int = 64) -> None:
+        self.final_dir = Path(final_dir)
+        self.tmp_dir = self.final_dir.parent / f".{self.final_dir.name}.tmp-{os.getpid()}"
+        remove_stale(self.final_dir)
+        self.tmp_dir.mkdir(parents=True)
+        self._pool = ThreadPoolExecutor(max_workers=threads)
+        self._pending: list[Future[None]] = []
+        self._max_pending = max_pending
+        self.count = 0
+
+    def write_image(self, name: str, image: np.ndarray, jpeg_quality: int = 95) -> None:
+        """Queue an image for encoding and writing; bounded, so memory stays small."""
+        ext = name.rsplit(".", 1)[-1]
+        self._pending.append(self._pool.submit(self._encode_write, name, image, ext, jpeg_quality))
+        self.count += 1
+        if len(self._pending) >= self._max_pending:
+            self._drain(self._max_pending // 2)
+
+    def write_file(self, name: str, data: bytes) -> None:
+        """Write raw bytes (e.g. a JSON sidecar) into the folder."""
+        _write_bytes(self.tmp_dir / name, data)
+
+    def _encode_write(self, name: str, image: np.ndarray, ext: str, quality: int) -> None:
+        _write_bytes(self.tmp_dir / name, encode_image(image, ext, quality))
+
+    def _drain(self, keep: int = 0) -> None:
+        while len(self._pending) > keep:
+            self._pending.pop(0).result()
+
+    def commit(self) -> Path:
+        """Wait for all writes, then atomically replace the final folder with the temporary one."""
+        self._drain()
+        self._pool.shutdown()
+        old = None
+        if self.final_dir.exists():
+            old = self.final_dir.parent / f".{self.final_dir.name}.old-{os.getpid()}"
+            os.replace(self.final_dir, old)
+        os.replace(self.tmp_dir, self.final_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.final_dir
+
+    def abort(self) -> None:
+        """Drop everything written so far; the final folder (if any) is untouched."""
+        with contextlib.suppress(Exception):
+            self._drain()
+        self._pool.shutdown(cancel_futures=True)
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+    def __enter__(self) -> FolderWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def remove_stale(final: Path) -> None:
+    """Delete temporary leftovers of `final` from killed runs (same unit, so never another run's work)."""
+    parent = final.parent
+    if not parent.is_dir():
+        return
+    name = glob.escape(final.name)
+    for pattern in (f".{name}.tmp-*", f".{name}.old-*"):
+        for leftover in parent.glob(pattern):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
+def count_files(folder: Path, prefix: str) -> int:
+    """Number of files in `folder` whose name starts with `prefix` (how trainers count frames)."""
+    try:
+        return sum(1 for p in folder.iterdir() if p.name.startswith(prefix))
+    except FileNotFoundError:
+        return 0

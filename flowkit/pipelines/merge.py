@@ -1,0 +1,25 @@
+"""`flowkit merge`: combine what the shards of one job wrote."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flowkit.errors import ManifestError
+from flowkit.jobs.manifest import Manifest
+from flowkit.outputs.lists import write_lists
+
+LIST_KINDS = {"sample-frames": ["rgb"], "extract-flow": ["rgb", "flow"]}
+
+
+def merge_job(out_dir: Path, virtual: bool = False, dest: Path | None = None) -> list[Path]:
+    """Features: merge HDF5 shards (copy or virtual); frames/flow: rebuild the annotation lists."""
+    manifest = Manifest(out_dir)
+    job = manifest.read_job()
+    if job is None:
+        raise ManifestError(f"{out_dir}: no flowkit job here (no .flowkit/job.json)")
+    if job["command"] == "features":
+        from flowkit.outputs.hdf5 import merge_shards
+
+        return [merge_shards(out_dir, dest or out_dir / "merged.h5", virtual=virtual)]
+    kinds = LIST_KINDS.get(job["command"], ["rgb"])
+    return write_lists(out_dir, manifest.all_done(), kinds)
