@@ -144,8 +144,11 @@ class FramesPipeline:
     def _write(self, item: VideoItem, timestamps: np.ndarray | None) -> tuple[int, int, Selection]:
         reader = VideoReader(item.path, Resize(self.cfg.short_side, self.cfg.size))
         selection = None if timestamps is None else select_frames(self.cfg, timestamps)
-        wanted = None if selection is None else set(selection.indices.tolist())
-        frames = (f for f in reader if wanted is None or f.index in wanted)
+        if selection is None:  # every --step-th frame: known without a first pass
+            frames = (f for f in reader if f.index % self.cfg.step == 0)
+        else:
+            wanted = set(selection.indices.tolist())
+            frames = (f for f in reader if f.index in wanted)
         if self.cfg.format == "npz":
             kept = list(frames)
             self._save_npz(item.video_id, kept, selection)

@@ -1,0 +1,31 @@
+"""Shared fixtures: synthetic videos with known motion, written into each test's tmp folder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from flowkit.synthetic import moving_video
+
+
+@pytest.fixture
+def make_video(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: make_video('a/b.mp4', n=12, dx=1, dy=0, height=64, width=64) -> path under tmp_path."""
+
+    def factory(rel: str = "clip.mp4", **kwargs: object) -> Path:
+        return moving_video(tmp_path / rel, **kwargs)
+
+    return factory
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked gpu when no CUDA device is present."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
