@@ -51,6 +51,7 @@ class UnitResult:
     frames: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line cause)
     record: dict[str, Any] = field(default_factory=dict)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (path, remark) for odd but valid inputs
 
 
 class Pipeline(Protocol):
@@ -101,6 +102,7 @@ class RunSummary:
     done: int = 0
     skipped: int = 0
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (unit, path, cause)
+    notes: list[tuple[str, str]] = field(default_factory=list)
     pending: int = 0
     frames: int = 0
     seconds: float = 0.0
@@ -120,6 +122,7 @@ class RunSummary:
         if self.pending:
             head += f", not attempted {self.pending}"
         out = [head + f" in {self.seconds:.1f}s{rate}"]
+        out += [f"NOTE {path}: {remark}" for path, remark in self.notes]
         out += [f"FAILED {path}: {cause}" for _, path, cause in self.failed]
         return out
 
@@ -251,6 +254,7 @@ def _account(summary: RunSummary, result: UnitResult) -> None:
     if result.status == "done":
         summary.done += 1
     summary.failed.extend((result.uid, path, cause) for path, cause in result.failures)
+    summary.notes.extend(result.notes)
 
 
 def _progress(results: Iterable[UnitResult], total: int, quiet: bool) -> Iterator[UnitResult]:

@@ -60,6 +60,8 @@ class FramesConfig:
             raise ConfigError(f"unknown format {self.format!r}; choose from {', '.join(FORMATS)}")
         if not 1 <= self.jpeg_quality <= 100:
             raise ConfigError(f"--jpeg-quality must be in 1..100, got {self.jpeg_quality}")
+        if self.sampler == "slowfast" and self.tau % self.alpha:
+            raise ConfigError(f"slowfast needs --tau divisible by --alpha ({self.tau}, {self.alpha})")
         get_layout(self.layout)
         Resize(self.short_side, self.size)
 

@@ -1,0 +1,106 @@
+"""Flow sinks inside a video's (temporary) folder: 8-bit JPEG/PNG pairs, or lossless float16 HDF5 / npy.
+
+Every sink streams: flows are appended batch by batch, so memory does not grow with the video length.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import h5py
+import numpy as np
+
+from flowkit.flow.quantize import quantize
+from flowkit.outputs.rawframes import FolderWriter, Layout
+
+FLOW_FORMATS = ("jpg", "png", "h5", "npy")
+
+
+class ImagePairSink:
+    """flow_x_/flow_y_ grayscale images, quantized with the cvRound formula and the given bound."""
+
+    def __init__(self, writer: FolderWriter, layout: Layout, ext: str, bound: float, quality: int) -> None:
+        self.writer, self.layout, self.ext = writer, layout, ext
+        self.bound, self.quality = bound, quality
+        self.count = 0
+
+    def add(self, flows: np.ndarray, timestamps: np.ndarray) -> None:
+        """Append a batch of flows (B, 2, H, W) float32; timestamps are unused in image form."""
+        levels = quantize(flows, self.bound)
+        for q in levels:
+            self.writer.write_image(self.layout.flow_name("x", self.count, self.ext), q[0], self.quality)
+            self.writer.write_image(self.layout.flow_name("y", self.count, self.ext), q[1], self.quality)
+            self.count += 1
+
+    def close(self) -> None:
+        """Nothing to flush here: the folder writer drains on commit."""
+
+
+class H5Sink:
+    """One `flow.h5` per video: `flow` float16 [N-1, 2, H, W] (x, y), `timestamps` [N-1, 2] (from, to)."""
+
+    def __init__(self, path: Path, attrs: dict[str, Any]) -> None:
+        self.file = h5py.File(path, "w")
+        self.file.attrs.update({k: json.dumps(v) if isinstance(v, dict) else v for k, v in attrs.items()})
+        self.flow: h5py.Dataset | None = None
+        self.times: h5py.Dataset | None = None
+        self.count = 0
+
+    def add(self, flows: np.ndarray, timestamps: np.ndarray) -> None:
+        """Append a batch of flows and their (from, to) frame timestamps in seconds."""
+        if self.flow is None:
+            _, c, h, w = flows.shape
+            self.flow = self.file.create_dataset("flow", (0, c, h, w), np.float16, maxshape=(None, c, h, w),
+                                                 chunks=(1, c, h, w))
+            self.times = self.file.create_dataset("timestamps", (0, 2), np.float64, maxshape=(None, 2))
+        n = self.count + len(flows)
+        self.flow.resize(n, axis=0)
+        self.times.resize(n, axis=0)
+        self.flow[self.count : n] = flows.astype(np.float16)
+        self.times[self.count : n] = timestamps
+        self.count = n
+
+    def close(self) -> None:
+        """Create empty datasets for a flowless (1-frame) video, then close the file."""
+        if self.flow is None:
+            self.file.create_dataset("flow", (0, 2, 0, 0), np.float16)
+            self.file.create_dataset("timestamps", (0, 2), np.float64)
+        self.file.attrs["num_flows"] = self.count
+        self.file.close()
+
+
+class NpySink:
+    """`flow.npy` float16 [N-1, 2, H, W] written as a stream; the header's shape is patched at the end.
+
+    The header is padded to a fixed length up front so the real shape fits when rewritten; `timestamps.npy`
+    [N-1, 2] is written beside it.
+    """
+
+    HEADER_LEN = 128
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.fh: BinaryIO = open(folder / "flow.npy", "wb")  # noqa: SIM115 - closed in close()
+        self.fh.write(b"\x00" * self.HEADER_LEN)
+        self.shape: tuple[int, ...] = (0, 2, 0, 0)
+        self.times: list[np.ndarray] = []
+
+    def add(self, flows: np.ndarray, timestamps: np.ndarray) -> None:
+        """Append a batch of flows and their (from, to) frame timestamps in seconds."""
+        self.fh.write(np.ascontiguousarray(flows, dtype="<f2").tobytes())
+        self.shape = (self.shape[0] + len(flows), *flows.shape[1:])
+        self.times.append(np.asarray(timestamps, np.float64))
+
+    def close(self) -> None:
+        """Write the final header and the timestamps file."""
+        header = repr({"descr": "<f2", "fortran_order": False, "shape": self.shape})
+        preamble = b"\x93NUMPY\x01\x00"
+        body_len = self.HEADER_LEN - len(preamble) - 2
+        text = header.encode("latin1").ljust(body_len - 1, b" ") + b"\n"
+        self.fh.seek(0)
+        self.fh.write(preamble + body_len.to_bytes(2, "little") + text)
+        self.fh.close()
+        times = np.concatenate(self.times) if self.times else np.zeros((0, 2))
+        np.save(self.folder / "timestamps.npy", times)

@@ -1,0 +1,189 @@
+"""`flowkit extract-flow`: one decode pass gives RGB frames and batched flow, written in a trainer layout.
+
+Inside a worker the stages overlap: a decode thread fills a bounded queue, the engine computes batches
+of frame pairs, a thread pool encodes and writes. A video's files are written into a temporary folder
+that is renamed into place when complete, then the done record is written.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flowkit.errors import ConfigError
+from flowkit.inputs import VideoItem
+from flowkit.jobs.manifest import Manifest
+from flowkit.jobs.runner import Unit, UnitResult, current_device
+from flowkit.outputs.flowfiles import FLOW_FORMATS, H5Sink, ImagePairSink, NpySink
+from flowkit.outputs.lists import write_lists
+from flowkit.outputs.rawframes import FolderWriter, count_files, get_layout
+from flowkit.pipelines.stages import prefetch
+from flowkit.video import Resize, VideoReader, to_gray
+
+log = logging.getLogger("flowkit")
+
+ALGORITHMS = ("tvl1", "tvl1-opencv", "farneback", "dis", "tvl1-cuda-opencv")
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """Every option of extract-flow; `engine_params` holds only the TV-L1 parameters the user set."""
+
+    algorithm: str = "tvl1"
+    bound: float = 20.0
+    step: int = 1
+    rgb: bool = True
+    short_side: int | None = None
+    size: tuple[int, int] | None = None
+    layout: str = "mmaction2"
+    format: str = "jpg"
+    jpeg_quality: int = 95
+    engine_params: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"unknown algorithm {self.algorithm!r}; choose from {', '.join(ALGORITHMS)}")
+        if self.format not in FLOW_FORMATS:
+            raise ConfigError(f"unknown format {self.format!r}; choose from {', '.join(FLOW_FORMATS)}")
+        if self.bound <= 0 or self.step < 1 or (self.batch_size is not None and self.batch_size < 1):
+            raise ConfigError("--bound must be > 0, --step >= 1 and --batch-size >= 1")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError(f"--jpeg-quality must be in 1..100, got {self.jpeg_quality}")
+        get_layout(self.layout)
+        Resize(self.short_side, self.size)
+
+    def output_config(self) -> dict[str, Any]:
+        """What decides the output (device and batch size do not: a batch equals single runs)."""
+        config = asdict(self)
+        del config["device"], config["batch_size"]
+        return config
+
+
+_engines: dict[tuple[Any, ...], Any] = {}
+
+
+def engine_for(cfg: FlowConfig, device: str) -> Any:
+    """One engine per worker process and device, built on first use (CUDA state stays in the worker)."""
+    from flowkit.flow import create_engine
+
+    key = (cfg.algorithm, device, tuple(sorted(cfg.engine_params.items())))
+    if key not in _engines:
+        _engines[key] = create_engine(cfg.algorithm, device=device, **cfg.engine_params)
+    return _engines[key]
+
+
+def default_batch_size(device: str) -> int:
+    """Pairs per engine call: large on a GPU (throughput), modest on a CPU (cache, latency)."""
+    return 32 if device.startswith("cuda") else 8
+
+
+@dataclass
+class FlowPipeline:
+    """The runner's view of extract-flow."""
+
+    cfg: FlowConfig
+    out_dir: Path
+    command: str = "extract-flow"
+
+    def output_config(self) -> dict[str, Any]:
+        return self.cfg.output_config()
+
+    def make_units(self, items: Sequence[VideoItem]) -> list[Unit]:
+        return [Unit(item.video_id, k, (item,)) for k, item in enumerate(items)]
+
+    def is_done(self, unit: Unit, manifest: Manifest) -> bool:
+        record = manifest.read_done(unit.uid)
+        return record is not None and verify_video_folder(self.out_dir / unit.uid, record, self.cfg)
+
+    def process(self, unit: Unit, manifest: Manifest) -> UnitResult:
+        item = unit.items[0]
+        if item.error:
+            return UnitResult(unit.uid, "failed", failures=[(str(item.path), item.error)])
+        manifest.clear_done(unit.uid)
+        device = current_device(self.cfg.device)
+        record = extract_video(item, self.out_dir / unit.uid, self.cfg, device)
+        manifest.write_done(unit.uid, record)
+        notes = [(str(item.path), record["note"])] if "note" in record else []
+        return UnitResult(unit.uid, "done", frames=record["num_frames"], record=record, notes=notes)
+
+    def finalize(self, manifest: Manifest) -> None:
+        kinds = ["rgb", "flow"] if self.cfg.format in ("jpg", "png") else ["flow"]
+        write_lists(self.out_dir, manifest.all_done(), kinds if self.cfg.rgb else ["flow"])
+
+
+def verify_video_folder(folder: Path, record: dict[str, Any], cfg: FlowConfig) -> bool:
+    """Cheap check that a finished folder still holds what its done record says."""
+    if not folder.is_dir():
+        return False
+    layout = get_layout(cfg.layout)
+    if cfg.rgb and count_files(folder, layout.rgb_prefix + "_") != record.get("rgb", 0):
+        return False
+    if cfg.format in ("jpg", "png"):
+        return all(count_files(folder, f"{layout.flow_prefix}_{a}_") == record["flow"] for a in "xy")
+    return (folder / f"flow.{cfg.format}").is_file()
+
+
+def extract_video(item: VideoItem, target: Path, cfg: FlowConfig, device: str) -> dict[str, Any]:
+    """Decode once, write RGB and flow for one video into `target` (atomically); returns the done record."""
+    reader = VideoReader(item.path, Resize(cfg.short_side, cfg.size))
+    engine = engine_for(cfg, device)
+    batch = cfg.batch_size or default_batch_size(getattr(engine, "device", device))
+    with FolderWriter(target) as writer:
+        sink = _make_sink(writer, cfg, item)
+        rgb = _stream(reader, engine, batch, sink, writer, cfg)
+        sink.close()
+    record = {"video_id": item.video_id, "source": str(item.path), "num_frames": reader.num_frames,
+              "rgb": rgb, "flow": sink.count, "format": cfg.format}
+    if reader.num_frames <= cfg.step:
+        record["note"] = f"only {reader.num_frames} frame(s): RGB written, no flow pairs at step {cfg.step}"
+        log.warning("%s: %s", item.path, record["note"])
+    return record
+
+
+def _make_sink(writer: FolderWriter, cfg: FlowConfig, item: VideoItem) -> Any:
+    if cfg.format in ("jpg", "png"):
+        return ImagePairSink(writer, get_layout(cfg.layout), cfg.format, cfg.bound, cfg.jpeg_quality)
+    if cfg.format == "h5":
+        attrs = {"source": str(item.path), "video_id": item.video_id, "algorithm": cfg.algorithm,
+                 "step": cfg.step, "config": cfg.output_config()}
+        return H5Sink(writer.tmp_dir / "flow.h5", attrs)
+    return NpySink(writer.tmp_dir)
+
+
+def _stream(reader: VideoReader, engine: Any, batch: int, sink: Any, writer: FolderWriter,
+            cfg: FlowConfig) -> int:
+    """Feed frame pairs (k, k+step) to the engine in batches; write RGB as frames arrive. Returns #RGB."""
+    layout = get_layout(cfg.layout)
+    window: deque[tuple[np.ndarray, float]] = deque(maxlen=cfg.step + 1)
+    pending: list[tuple[np.ndarray, np.ndarray, float, float]] = []
+    rgb = 0
+    for frame in prefetch(reader, depth=2 * batch):
+        if cfg.rgb and (frame.index >= cfg.step or not layout.rgb_is_second_frame):
+            writer.write_image(layout.rgb_name(rgb), frame.image, cfg.jpeg_quality)
+            rgb += 1
+        window.append((to_gray(frame.image), frame.timestamp))
+        if len(window) == cfg.step + 1:
+            pending.append((window[0][0], window[-1][0], window[0][1], window[-1][1]))
+        if len(pending) == batch:
+            _flush(engine, pending, sink)
+    _flush(engine, pending, sink)
+    return rgb
+
+
+def _flush(engine: Any, pending: list[tuple[np.ndarray, np.ndarray, float, float]], sink: Any) -> None:
+    if not pending:
+        return
+    prev = np.stack([p[0] for p in pending])
+    nxt = np.stack([p[1] for p in pending])
+    times = np.asarray([(p[2], p[3]) for p in pending], dtype=np.float64)
+    sink.add(np.asarray(engine(prev, nxt), dtype=np.float32), times)
+    pending.clear()
+
