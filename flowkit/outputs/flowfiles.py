@@ -87,6 +87,11 @@ class NpySink:
         self.shape: tuple[int, ...] = (0, 2, 0, 0)
         self.times: list[np.ndarray] = []
 
+    @property
+    def count(self) -> int:
+        """Flows written so far."""
+        return self.shape[0]
+
     def add(self, flows: np.ndarray, timestamps: np.ndarray) -> None:
         """Append a batch of flows and their (from, to) frame timestamps in seconds."""
         self.fh.write(np.ascontiguousarray(flows, dtype="<f2").tobytes())
