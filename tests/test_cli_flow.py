@@ -1,4 +1,4 @@
-"""`flowkit extract-flow` end to end: layouts, quantization, known motion, lossless formats, failures, devices."""
+"""`flowkit extract-flow` end to end: layouts, quantization, known motion, formats, failures, devices."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import os
+import json
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,8 +63,9 @@ def test_different_config_is_refused_unless_overwrite(tmp_path):
     run_pipeline(FakePipeline(tmp_path), items(2), tmp_path, RunOptions(quiet=True))
     with pytest.raises(ManifestError, match=r"setting \(was 1, now 2\).*--overwrite"):
         run_pipeline(FakePipeline(tmp_path, setting=2), items(2), tmp_path, RunOptions(quiet=True))
-    summary = run_pipeline(FakePipeline(tmp_path, setting=2), items(2), tmp_path,
-                           RunOptions(quiet=True, overwrite=True))
+    summary = run_pipeline(
+        FakePipeline(tmp_path, setting=2), items(2), tmp_path, RunOptions(quiet=True, overwrite=True)
+    )
     assert summary.done == 2
 
 
@@ -81,7 +83,9 @@ def test_shards_partition_units_by_position(tmp_path):
 
 
 def test_retry_failed_reruns_only_failed_units(tmp_path):
-    run_pipeline(FakePipeline(tmp_path, bad={"v01"}), items(3), tmp_path, RunOptions(quiet=True, shard=(0, 1)))
+    run_pipeline(
+        FakePipeline(tmp_path, bad={"v01"}), items(3), tmp_path, RunOptions(quiet=True, shard=(0, 1))
+    )
     (tmp_path / "v02.txt").unlink()  # v02 now looks not done, but it did not fail
     s = run_pipeline(FakePipeline(tmp_path), items(3), tmp_path, RunOptions(quiet=True, retry_failed=True))
     assert s.done == 1 and s.pending == 1 and s.skipped == 1
@@ -90,8 +94,12 @@ def test_retry_failed_reruns_only_failed_units(tmp_path):
 def test_parallel_loky_and_threading(tmp_path):
     for backend in ("loky", "threading"):
         out = tmp_path / backend
-        s = run_pipeline(FakePipeline(out, bad={"v03"}), items(6), out,
-                         RunOptions(quiet=True, jobs=2, backend=backend, devices=("cpu", "cpu")))
+        s = run_pipeline(
+            FakePipeline(out, bad={"v03"}),
+            items(6),
+            out,
+            RunOptions(quiet=True, jobs=2, backend=backend, devices=("cpu", "cpu")),
+        )
         assert s.done == 5 and len(s.failed) == 1
 
 
@@ -102,7 +110,7 @@ def test_lock_refuses_a_second_run_and_reclaims_a_dead_one(tmp_path):
     with pytest.raises(ManifestError, match="another flowkit run"):
         RunLock(manifest, "shard-0-of-1").acquire()
     first.release()
-    first.path.write_text('{"host": "%s", "pid": 999999999}' % os.uname().nodename)
+    first.path.write_text(json.dumps({"host": socket.gethostname(), "pid": 999999999}))
     RunLock(manifest, "shard-0-of-1").acquire()  # the owner is gone: stale, reclaimed
 
 
