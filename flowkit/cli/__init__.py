@@ -6,6 +6,7 @@ import click
 
 import flowkit
 from flowkit.cli.admin import doctor, inspect_cmd, merge, status
+from flowkit.cli.features import features
 from flowkit.cli.flow import extract_flow, visualize
 from flowkit.cli.frames import sample_frames
 
@@ -21,5 +22,5 @@ def main() -> None:
     """
 
 
-for _command in (extract_flow, sample_frames, visualize, status, merge, inspect_cmd, doctor):
+for _command in (extract_flow, sample_frames, features, visualize, status, merge, inspect_cmd, doctor):
     main.add_command(_command)

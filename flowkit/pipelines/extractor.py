@@ -1,0 +1,97 @@
+"""Models loaded once per worker and device, run on batches of preprocessed clips."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from flowkit.errors import ConfigError
+
+log = logging.getLogger("flowkit")
+
+AMP_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class LoadedStream:
+    """One stream's model with where its weights came from."""
+
+    model: torch.nn.Module
+    sha1: str | None
+    known_name: str | None
+
+
+class Extractor:
+    """The models of a features run on one device; `vectors`/`maps` run a batch of clips of a stream."""
+
+    def __init__(
+        self,
+        model_name: str,
+        streams: Sequence[str],
+        weights: dict[str, str | None],
+        model_kwargs: dict[str, Any],
+        device: str,
+        amp: str = "none",
+    ) -> None:
+        from flowkit.flow import resolve_device
+
+        self.device = resolve_device(device)
+        self.amp = AMP_DTYPES[amp]
+        self.streams = {s: self._load(model_name, s, weights.get(s), model_kwargs) for s in streams}
+
+    def _load(self, name: str, stream: str, weights: str | None, kwargs: dict[str, Any]) -> LoadedStream:
+        from flowkit.models import create_model
+        from flowkit.models.weights import load_checkpoint
+
+        model = create_model(name, stream=stream, **kwargs)
+        sha1 = known = None
+        if weights is not None:
+            info = load_checkpoint(model, weights, stream=stream, drop_head=True)
+            sha1, known = info.sha1, info.known_name
+            log.info("%s weights: %s (git blob %s%s)", stream, weights, sha1, f", {known}" if known else "")
+        return LoadedStream(model.to(self.device).eval(), sha1, known)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=self.amp)
+
+    @torch.inference_mode()
+    def vectors(self, stream: str, clips: Sequence[torch.Tensor], layer: str) -> np.ndarray:
+        """(B, D) float32 features of `layer` for a batch of (C, T, H, W) clips."""
+        batch = torch.stack(list(clips)).to(self.device, non_blocking=True)
+        with self._autocast():
+            out = self.streams[stream].model.extract(batch, layer)
+        return out.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def maps(self, stream: str, clips: Sequence[torch.Tensor]) -> np.ndarray:
+        """(B, C, h, w) float32 spatial maps (I3D Mixed_5c, C3D pool5) for a batch of clips."""
+        batch = torch.stack(list(clips)).to(self.device, non_blocking=True)
+        with self._autocast():
+            out = self.streams[stream].model.extract_map(batch)
+        return out.float().cpu().numpy()
+
+
+_cache: dict[tuple[Any, ...], Extractor] = {}
+
+
+def extractor_for(key: tuple[Any, ...], build: Any) -> Extractor:
+    """One Extractor per worker process and configuration (models stay loaded across videos)."""
+    if key not in _cache:
+        _cache.clear()  # a worker serves one configuration at a time; free the previous models
+        _cache[key] = build()
+    return _cache[key]
+
+
+def check_amp(amp: str) -> str:
+    """Validate an --amp choice."""
+    if amp not in AMP_DTYPES:
+        raise ConfigError(f"--amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
+    return amp
