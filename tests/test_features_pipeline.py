@@ -1,0 +1,247 @@
+"""`flowkit features` end to end with tiny random-weight models: windows, HDF5 layout, resume, formats."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from flowkit.cli import main
+from flowkit.models import create_model
+from flowkit.outputs.hdf5 import list_videos, load_index, read_video
+
+
+def run(*args):
+    return CliRunner().invoke(main, [*map(str, args), "--quiet"])
+
+
+@pytest.fixture
+def videos(make_video, tmp_path):
+    for name, n in (("a/long", 40), ("a/mid", 20), ("b/short", 10)):
+        make_video(f"in/{name}.mp4", n=n, dx=1.0)
+    return tmp_path / "in"
+
+
+def test_c3d_windows_layout_and_attributes(videos, tmp_path):
+    out = tmp_path / "out"
+    result = run(
+        "features",
+        videos,
+        "-o",
+        out,
+        "--model",
+        "c3d_test",
+        "--random-weights",
+        "--stride",
+        "8",
+        "--dataset-name",
+        "c3d_features",
+        "--videos-per-shard",
+        "2",
+    )
+    assert result.exit_code == 0, result.output
+    assert "shorter than one 16-frame window" in result.output  # b/short has 10 frames
+    index = load_index(out)
+    assert index == {
+        "a/long": "c3d_test-00000-of-00002.h5",
+        "a/mid": "c3d_test-00000-of-00002.h5",
+        "b/short": "c3d_test-00001-of-00002.h5",
+    }
+    long = read_video(out / index["a/long"], "a/long")
+    feats = long["datasets"]["c3d_features"]
+    assert feats.shape == (4, 256) and feats.dtype == np.float32  # starts 0, 8, 16, 24 of 40 frames
+    np.testing.assert_array_equal(long["datasets"]["frame_indices"], [[0, 16], [8, 24], [16, 32], [24, 40]])
+    np.testing.assert_allclose(long["datasets"]["timestamps"][1], [0.32, 0.96], atol=1e-6)
+    assert long["attrs"]["num_frames"] == 40 and long["attrs"]["model"] == "c3d_test"
+    short = read_video(out / index["b/short"], "b/short")
+    assert short["datasets"]["c3d_features"].shape == (0, 256)
+    with h5py.File(out / index["a/long"]) as fh:
+        assert fh.attrs["random_weights"] == 1 and "RANDOM WEIGHTS" in fh.attrs["WARNING"]
+        assert json.loads(fh.attrs["config"])["stride"] == 8
+
+
+def test_pad_last_keeps_a_partial_window(videos, tmp_path):
+    out = tmp_path / "out"
+    assert (
+        run(
+            "features",
+            videos / "b" / "short.mp4",
+            "-o",
+            out,
+            "--model",
+            "c3d_test",
+            "--random-weights",
+            "--pad-last",
+        ).exit_code
+        == 0
+    )
+    data = read_video(out / "c3d_test-00000-of-00001.h5", "short")["datasets"]
+    assert data["features"].shape == (1, 256)
+    np.testing.assert_array_equal(data["frame_indices"], [[0, 10]])
+
+
+def test_features_equal_a_direct_model_run(videos, tmp_path):
+    model = create_model("c3d_test")
+    torch.manual_seed(0)
+    for p in model.parameters():
+        p.data.normal_(0, 0.05)
+    weights = tmp_path / "tiny.pt"
+    torch.save(model.state_dict(), weights)
+    out = tmp_path / "out"
+    result = run(
+        "features",
+        videos / "a" / "mid.mp4",
+        "-o",
+        out,
+        "--model",
+        "c3d_test",
+        "--weights",
+        weights,
+        "--layer",
+        "fc7",
+    )
+    assert result.exit_code == 0, result.output
+    got = read_video(out / "c3d_test-00000-of-00001.h5", "mid")["datasets"]["features"]
+    from flowkit.models.preprocess import preprocess_c3d
+    from flowkit.video import Resize, read_all
+
+    frames, _ = read_all(videos / "a" / "mid.mp4", Resize(size=(171, 128)))
+    clip = preprocess_c3d(np.stack([f.image for f in frames[:16]]))
+    with torch.no_grad():
+        expected = model.extract(clip[None], "fc7").numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_i3d_two_streams_combine_and_slowfast_layout(videos, tmp_path):
+    out = tmp_path / "out"
+    result = run(
+        "features",
+        videos / "a" / "mid.mp4",
+        "-o",
+        out,
+        "--model",
+        "i3d_test",
+        "--random-weights",
+        "--stream",
+        "both",
+        "--combine",
+        "concat",
+        "--clip-len",
+        "10",
+        "--stride",
+        "5",
+        "--slowfast-layout",
+        "2",
+        "--flow-algorithm",
+        "dis",
+        "--dtype",
+        "float16",
+    )
+    assert result.exit_code == 0, result.output
+    data = read_video(out / "i3d_test-00000-of-00001.h5", "mid")["datasets"]
+    assert data["features_rgb"].shape == (3, 64) and data["features_flow"].shape == (3, 64)
+    np.testing.assert_array_equal(
+        data["features"], np.concatenate([data["features_rgb"], data["features_flow"]], 1)
+    )
+    assert data["features"].dtype == np.float16
+    assert data["spatial_rgb"].shape == (2, 64, 4, 4)
+    np.testing.assert_array_equal(data["spatial_rgb_window_indices"], [0, 2])
+
+
+def test_float16_halves_the_size(videos, tmp_path):
+    sizes = {}
+    for dtype in ("float32", "float16"):
+        out = tmp_path / dtype
+        assert (
+            run(
+                "features",
+                videos,
+                "-o",
+                out,
+                "--model",
+                "c3d_test",
+                "--random-weights",
+                "--stride",
+                "2",
+                "--dtype",
+                dtype,
+                "--layer",
+                "pool5",
+            ).exit_code
+            == 0
+        )
+        with h5py.File(out / "c3d_test-00000-of-00001.h5") as fh:
+            sizes[dtype] = sum(fh[v]["features"].id.get_storage_size() for v in ("a/long", "a/mid"))
+    assert sizes["float16"] * 2 == sizes["float32"] > 0
+
+
+def test_rerun_after_failure_reuses_finished_videos(videos, tmp_path):
+    bad = videos / "a" / "broken.mp4"
+    bad.write_bytes(b"garbage" * 100)
+    out = tmp_path / "out"
+    first = run("features", videos, "-o", out, "--model", "c3d_test", "--random-weights")
+    assert first.exit_code == 1 and "broken.mp4: not a video" in first.output
+    shard = out / "c3d_test-00000-of-00001.h5"
+    assert set(list_videos(shard)) == {"a/long", "a/mid", "b/short"}
+    before = read_video(shard, "a/long")["datasets"]["features"]
+    bad.unlink()
+    second = run("features", videos, "-o", out, "--model", "c3d_test", "--random-weights")
+    assert second.exit_code == 0 and "done 1" in second.output
+    np.testing.assert_array_equal(read_video(shard, "a/long")["datasets"]["features"], before)
+    third = run("features", videos, "-o", out, "--model", "c3d_test", "--random-weights")
+    assert "done 0, skipped 1" in third.output
+
+
+def test_npy_format_and_merge(videos, tmp_path):
+    out = tmp_path / "npy"
+    assert (
+        run(
+            "features", videos, "-o", out, "--model", "c3d_test", "--random-weights", "--format", "npy"
+        ).exit_code
+        == 0
+    )
+    assert np.load(out / "a" / "long.npy").shape == (2, 256)
+    meta = json.loads((out / "a" / "long.json").read_text())
+    assert meta["frame_indices"] == [[0, 16], [16, 32]]
+    h5out = tmp_path / "h5"
+    assert (
+        run(
+            "features",
+            videos,
+            "-o",
+            h5out,
+            "--model",
+            "c3d_test",
+            "--random-weights",
+            "--videos-per-shard",
+            "1",
+        ).exit_code
+        == 0
+    )
+    merged = CliRunner().invoke(main, ["merge", str(h5out)])
+    assert merged.exit_code == 0, merged.output
+    assert sorted(list_videos(h5out / "merged.h5")) == ["a/long", "a/mid", "b/short"]
+
+
+def test_config_errors_are_one_line(videos, tmp_path):
+    result = CliRunner().invoke(main, ["features", str(videos), "-o", str(tmp_path / "o"), "--model", "c3d"])
+    assert result.exit_code == 2 and "--weights PATH" in result.output
+    result = CliRunner().invoke(
+        main,
+        [
+            "features",
+            str(videos),
+            "-o",
+            str(tmp_path / "o"),
+            "--model",
+            "i3d",
+            "--random-weights",
+            "--clip-len",
+            "8",
+        ],
+    )
+    assert result.exit_code == 2 and "at least 9 frames" in result.output
