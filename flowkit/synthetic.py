@@ -6,7 +6,7 @@ always at hand without downloading anything.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import cv2
@@ -33,23 +33,32 @@ def shift(image: np.ndarray, dx: float, dy: float) -> np.ndarray:
 
 def moving_frames(n: int, height: int, width: int, dx: float, dy: float, seed: int = 0) -> list[np.ndarray]:
     """n BGR frames where frame k is the texture shifted by (k*dx, k*dy): true flow is (dx, dy)."""
+    return list(iter_moving_frames(n, height, width, dx, dy, seed))
+
+
+def iter_moving_frames(
+    n: int, height: int, width: int, dx: float, dy: float, seed: int = 0
+) -> Iterator[np.ndarray]:
+    """Like moving_frames, one frame at a time (long videos without holding them in memory)."""
     base = texture(height + 64, width + 64, seed)
-    frames = [shift(base, k * dx, k * dy)[32 : 32 + height, 32 : 32 + width] for k in range(n)]
-    return [np.ascontiguousarray(f) for f in frames]
+    for k in range(n):
+        yield np.ascontiguousarray(shift(base, k * dx, k * dy)[32 : 32 + height, 32 : 32 + width])
 
 
 def write_video(
     path: str | Path, frames: Iterable[np.ndarray], fps: float = 25.0, fourcc: str = "mp4v"
 ) -> Path:
-    """Encode BGR frames into a video file (mp4v in .mp4 by default; MJPG for near-lossless .avi)."""
+    """Encode BGR frames (any iterable, consumed lazily) into a video file; mp4v in .mp4, MJPG for .avi."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frames = list(frames)
-    h, w = frames[0].shape[:2]
+    stream = iter(frames)
+    first = next(stream)
+    h, w = first.shape[:2]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
     if not writer.isOpened():
         raise OSError(f"{path}: OpenCV cannot write {fourcc} video here")
-    for frame in frames:
+    writer.write(first)
+    for frame in stream:
         writer.write(frame)
     writer.release()
     return path
@@ -67,4 +76,4 @@ def moving_video(
     fourcc: str = "mp4v",
 ) -> Path:
     """Write a video of a texture moving by (dx, dy) px per frame; returns its path."""
-    return write_video(path, moving_frames(n, height, width, dx, dy, seed), fps, fourcc)
+    return write_video(path, iter_moving_frames(n, height, width, dx, dy, seed), fps, fourcc)
