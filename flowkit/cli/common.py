@@ -39,6 +39,9 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def setup_logging(quiet: bool) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="flowkit: %(message)s")
+    # Dask logs every connection at INFO, burying flowkit's own lines; distributed reads its levels
+    # from this config when imported (in the workers too), so it is set before that.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 
 # -- options shared by every batch command --------------------------------------------------------

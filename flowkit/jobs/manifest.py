@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator, Mapping
@@ -34,11 +36,15 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write text to a temporary sibling, fsync, and rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def safe_name(unit_id: str) -> str:
@@ -175,10 +181,16 @@ class EventLog:
             os.close(self._fd)
 
 
+def _parse_tag(tag: str) -> tuple[int, int] | None:
+    match = re.fullmatch(r"shard-(\d+)-of-(\d+)", tag)
+    return (int(match[1]), int(match[2])) if match else None
+
+
 class RunLock:
     """An exclusive lock on one shard of an output folder, so two runs never write the same units."""
 
     def __init__(self, manifest: Manifest, tag: str) -> None:
+        self._manifest = manifest
         self.path = manifest.state_dir / "locks" / f"{tag}.lock"
 
     def acquire(self) -> None:
@@ -199,8 +211,24 @@ class RunLock:
                 ).encode(),
             )
             os.close(fd)
+            self._refuse_overlapping()
             return
         raise ManifestError(self._held_message())
+
+    def _refuse_overlapping(self) -> None:
+        """Shards i/N and j/M share units when i = j mod gcd(N, M): a live lock blocks the other."""
+        mine = _parse_tag(self.path.stem)
+        for other in sorted(self.path.parent.glob("*.lock")):
+            theirs = _parse_tag(other.stem)
+            if other == self.path or mine is None or theirs is None:
+                continue
+            if (mine[0] - theirs[0]) % math.gcd(mine[1], theirs[1]) == 0:
+                lock = RunLock(self._manifest, other.stem)
+                if not lock._stale():
+                    self.release()
+                    raise ManifestError(
+                        f"{lock._held_message()} (its {other.stem} overlaps {self.path.stem})"
+                    )
 
     def _owner(self) -> dict[str, Any]:
         try:

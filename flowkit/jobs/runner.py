@@ -23,7 +23,7 @@ from joblib import Parallel, delayed, parallel_config
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from flowkit.errors import ConfigError, FlowkitError
+from flowkit.errors import ConfigError, FlowkitError, VideoError
 from flowkit.inputs import VideoItem
 from flowkit.jobs.manifest import EventLog, Manifest, RunLock
 
@@ -178,7 +178,7 @@ def execute_unit(
         if os.environ.get("FLOWKIT_DEBUG"):
             traceback.print_exc()
         path = str(unit.items[0].path) if len(unit.items) == 1 else unit.uid
-        result = UnitResult(unit.uid, "failed", failures=[(path, one_line(exc))])
+        result = UnitResult(unit.uid, "failed", failures=[(path, one_line(exc, path))])
     result.seconds = time.perf_counter() - start
     fields = {"unit": unit.uid, "shard": tag, "seconds": round(result.seconds, 3), "frames": result.frames}
     if result.failures:
@@ -187,8 +187,13 @@ def execute_unit(
     return result
 
 
-def one_line(exc: BaseException) -> str:
-    """A one-line description of an exception (typed flowkit errors already name the file)."""
+def one_line(exc: BaseException, path: str | None = None) -> str:
+    """A one-line description of an exception (typed flowkit errors already name the file).
+
+    Given the path the summary line shows, a VideoError about that file gives only its cause.
+    """
+    if path is not None and isinstance(exc, VideoError) and exc.path == str(path):
+        return exc.cause.strip().splitlines()[0] if exc.cause.strip() else "failed"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if isinstance(exc, FlowkitError):
         return text
@@ -217,11 +222,12 @@ def _select(
 
 
 def _last_failed(manifest: Manifest) -> set[str]:
-    last: dict[str, str] = {}
+    last: dict[str, bool] = {}
     for ev in manifest.events():
         if ev.get("event") in ("done", "failed") and "unit" in ev:
-            last[ev["unit"]] = ev["event"]
-    return {uid for uid, status in last.items() if status == "failed"}
+            # A feature shard is "done" even when some of its videos failed: those count as failed.
+            last[ev["unit"]] = ev["event"] == "failed" or bool(ev.get("failures"))
+    return {uid for uid, failed in last.items() if failed}
 
 
 def run_pipeline(

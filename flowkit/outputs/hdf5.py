@@ -65,16 +65,23 @@ def _tmp_path(final_path: Path) -> Path:
 
 
 def _fsync_path(path: Path) -> None:
-    """fsync a file or directory so a rename that follows survives a power loss, not just a kill."""
+    """fsync a file or directory so a rename that follows survives a power loss, not just a kill.
+
+    A file's fsync error (ENOSPC, EIO) is real and raised; directories are excused, since some
+    platforms and filesystems refuse to open or fsync them while the rename stays atomic.
+    """
+    is_dir = path.is_dir()
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
-        # Directories cannot be opened on some platforms; the rename is still atomic there.
-        return
+        if is_dir:
+            return
+        raise
     try:
         os.fsync(fd)
     except OSError:
-        pass  # some filesystems refuse fsync on directories
+        if not is_dir:
+            raise
     finally:
         os.close(fd)
 
@@ -173,10 +180,14 @@ class ShardWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
+        if exc_type is not None:
             self.abort()
+            return
+        try:
+            self.commit()
+        except BaseException:
+            self.abort()
+            raise
 
     def _open_file(self) -> h5py.File:
         if self._file is None:

@@ -113,7 +113,12 @@ class FolderWriter:
 
     def commit(self) -> Path:
         """Wait for all writes, then atomically replace the final folder with the temporary one."""
-        self._drain()
+        try:
+            self._drain()
+        except BaseException:
+            # A failed write (disk full) surfaces here: drop the partial folder, as on any error.
+            self.abort()
+            raise
         self._pool.shutdown()
         old = None
         if self.final_dir.exists():

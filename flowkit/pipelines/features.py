@@ -344,13 +344,20 @@ class FeaturesPipeline:
         old.unlink(missing_ok=True)
         if reusable:
             final.replace(old)
-        with hdf5.ShardWriter(final, self._file_attrs(features)) as writer:
-            for item in unit.items:
-                if item.video_id in reusable:
-                    writer.copy_video(old, item.video_id)
-                    done.append(item.video_id)
-                elif self._add(writer, item, features, result):
-                    done.append(item.video_id)
+        try:
+            with hdf5.ShardWriter(final, self._file_attrs(features)) as writer:
+                for item in unit.items:
+                    if item.video_id in reusable:
+                        writer.copy_video(old, item.video_id)
+                        done.append(item.video_id)
+                    elif self._add(writer, item, features, result):
+                        done.append(item.video_id)
+        except BaseException:
+            if reusable and old.is_file() and not final.exists():
+                # Put the previous shard back so its finished videos stay reusable next time.
+                old.replace(final)
+                manifest.write_done(unit.uid, previous or {})
+            raise
         old.unlink(missing_ok=True)
         failed = [i.video_id for i in unit.items if i.video_id not in done]
         manifest.write_done(unit.uid, {"shard": unit.uid, "videos": done, "failed": failed})
@@ -364,10 +371,12 @@ class FeaturesPipeline:
             return False
         try:
             datasets, attrs = features.compute(item)
-            writer.add_video(item.video_id, datasets, attrs)
         except Exception as exc:  # noqa: BLE001 - one video's failure must not lose the shard
-            result.failures.append((str(item.path), one_line(exc)))
+            result.failures.append((str(item.path), one_line(exc, str(item.path))))
             return False
+        # A write error (disk full) is the shard's, not the video's: after a failed HDF5 write the
+        # file cannot be trusted, so it propagates and the shard is dropped instead of committed.
+        writer.add_video(item.video_id, datasets, attrs)
         result.frames += int(attrs["num_frames"])
         if "note" in attrs:
             result.notes.append((str(item.path), attrs["note"]))

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from flowkit.errors import ConfigError
+from flowkit.errors import ConfigError, FlowkitError
 from flowkit.inputs import VideoItem
 from flowkit.jobs.manifest import Manifest
-from flowkit.jobs.runner import Unit, UnitResult, current_device
+from flowkit.jobs.runner import Unit, UnitResult, current_device, one_line
 from flowkit.outputs.flowfiles import FLOW_FORMATS, H5Sink, ImagePairSink, NpySink
 from flowkit.outputs.lists import write_lists
 from flowkit.outputs.rawframes import FolderWriter, count_files, get_layout
@@ -173,17 +173,33 @@ def _stream(reader: VideoReader, engine: Any, batch: int, sink: Any, writer: Fol
         if len(window) == cfg.step + 1:
             pending.append((window[0][0], window[-1][0], window[0][1], window[-1][1]))
         if len(pending) == batch:
-            _flush(engine, pending, sink)
-    _flush(engine, pending, sink)
+            _flush(engine, pending, sink, cfg.algorithm)
+    _flush(engine, pending, sink, cfg.algorithm)
     return rgb
 
 
-def _flush(engine: Any, pending: list[tuple[np.ndarray, np.ndarray, float, float]], sink: Any) -> None:
+def _flush(engine: Any, pending: list[tuple[np.ndarray, np.ndarray, float, float]], sink: Any,
+           algorithm: str) -> None:
     if not pending:
         return
     prev = np.stack([p[0] for p in pending])
     nxt = np.stack([p[1] for p in pending])
     times = np.asarray([(p[2], p[3]) for p in pending], dtype=np.float64)
-    sink.add(np.asarray(engine(prev, nxt), dtype=np.float32), times)
+    sink.add(_compute(engine, prev, nxt, algorithm), times)
     pending.clear()
+
+
+def _compute(engine: Any, prev: np.ndarray, nxt: np.ndarray, algorithm: str) -> np.ndarray:
+    """Run the engine; its errors (e.g. OpenCV DIS on frames under 12 px) become one clear line."""
+    try:
+        return np.asarray(engine(prev, nxt), dtype=np.float32)
+    except FlowkitError:
+        raise
+    except Exception as exc:
+        # cv2.error keeps the bare message in .err; its str() spans lines with source paths.
+        cause = getattr(exc, "err", None) or one_line(exc)
+        height, width = prev.shape[-2:]
+        raise FlowkitError(
+            f"the {algorithm} flow engine failed on {width}x{height} frames: {cause}"
+        ) from exc
 
