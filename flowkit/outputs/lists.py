@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from flowkit.jobs.manifest import atomic_write_text
+
+log = logging.getLogger("flowkit")
 
 
 def class_of(video_id: str) -> str | None:
@@ -26,6 +29,10 @@ def write_lists(
 ) -> list[Path]:
     """Write ``list_<kind>.txt`` for each kind (e.g. rgb, flow) from done records, plus classes.txt."""
     rows = sorted((r for r in records if "video_id" in r), key=lambda r: r["video_id"])
+    spaced = [r["video_id"] for r in rows if any(c.isspace() for c in r["video_id"])]
+    if spaced:
+        log.warning("%d video id(s) contain white space, which list readers split on (e.g. %r); "
+                    "rename those files for mmaction2/TSN lists", len(spaced), spaced[0])
     labels = class_labels(r["video_id"] for r in rows)
     written = []
     for kind in kinds:
