@@ -1,0 +1,388 @@
+"""Batched PyTorch port of OpenCV's CPU Dual TV-L1 optical flow (cv2.optflow, OpenCV 5.0 numerics).
+
+Zach, Pock and Bischof, "A Duality Based Approach for Realtime TV-L1 Optical Flow" (DAGM 2007), in
+the discretisation of OpenCV's contrib module; see the project's tvl1-algorithm.md for the spec.
+B equal-size pairs run in lockstep with per-pair stopping, on CPU or CUDA with the same code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from flowkit.errors import ConfigError, EngineUnavailableError
+from flowkit.flow import as_pair_batch, register_engine
+from flowkit.flow import tvl1_ops as ops
+
+log = logging.getLogger("flowkit")
+
+PYRAMIDS = ("opencv", "opencv2.4")
+MIN_LEVEL_SIZE = 16  # OpenCV drops pyramid levels narrower or shorter than this
+
+
+def _f(default: Any, help: str, **bounds: Any) -> Any:
+    return field(default=default, metadata={"help": help, **bounds})
+
+
+@dataclass(frozen=True)
+class TVL1Params:
+    """Dual TV-L1 parameters: the single source of defaults and bounds (cv2.optflow names)."""
+
+    tau: float = _f(0.25, "Time step of the dual update.", min=0.0, min_open=True)
+    lambda_: float = _f(0.15, "Weight of the data term; smaller gives smoother flow.", min=0.0,
+                        min_open=True)
+    theta: float = _f(0.3, "Coupling between the two energies.", min=0.0, min_open=True)
+    nscales: int = _f(5, "Pyramid levels (fewer are used when a level gets below 16 px).", min=1)
+    warps: int = _f(5, "Warps (re-linearisations) per pyramid level.", min=1)
+    epsilon: float = _f(0.01, "Stopping threshold on the RMS flow update per iteration.", min=0.0)
+    inner_iterations: int = _f(30, "Iterations between median filters.", min=1)
+    outer_iterations: int = _f(10, "Median-filter rounds per warp.", min=1)
+    scale_step: float = _f(0.8, "Downscale factor between pyramid levels.", min=0.0, max=1.0,
+                           min_open=True, max_open=True)
+    gamma: float = _f(0.0, "Weight of the illumination-change term (0 disables it).", min=0.0)
+    median_filtering: int = _f(5, "Median filter size applied to the flow (1 disables).",
+                               choices=(0, 1, 3, 5))
+    pyramid: Literal["opencv", "opencv2.4"] = _f(
+        "opencv", "'opencv': 0.8 bilinear pyramid with medians (OpenCV 3+); 'opencv2.4': Gaussian "
+        "x0.5 pyramid, 300 iterations per warp, no median (TSN-era flow).", choices=PYRAMIDS)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_bounds(f, getattr(self, f.name))
+
+    def effective(self) -> TVL1Params:
+        """Parameters run: 'opencv2.4' means scale 0.5, one 300-iteration loop, no median."""
+        if self.pyramid != "opencv2.4":
+            return self
+        return dataclasses.replace(self, scale_step=0.5, inner_iterations=300, outer_iterations=1,
+                                   median_filtering=1)
+
+
+def _check_bounds(f: dataclasses.Field, value: Any) -> None:
+    meta = f.metadata
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{f.name} must be one of {meta['choices']}, got {value!r}")
+    if "min" in meta and (value < meta["min"] or (meta.get("min_open") and value == meta["min"])):
+        raise ConfigError(f"{f.name} must be {'>' if meta.get('min_open') else '>='} "
+                          f"{meta['min']}, got {value!r}")
+    if "max" in meta and (value > meta["max"] or (meta.get("max_open") and value == meta["max"])):
+        raise ConfigError(f"{f.name} must be {'<' if meta.get('max_open') else '<='} "
+                          f"{meta['max']}, got {value!r}")
+
+
+def _f32(x: float) -> float:
+    """Round a double to float32, as OpenCV does when it casts its constants."""
+    return float(np.float32(x))
+
+
+_COMPILED: dict[str, ops.StepFn] = {}
+
+
+def _unbacked_batch(*tensors: torch.Tensor) -> None:
+    # A symbolic batch size (even 1) gives one compiled graph for every batch size and level size;
+    # otherwise dynamo specialises B == 1 and recompiles when compaction shrinks the batch.
+    for t in tensors:
+        torch._dynamo.decorators.mark_unbacked(t, 0)
+
+
+def _compiled_kernels() -> tuple[ops.StepFn, ops.StepFn]:
+    """torch.compile'd iteration and median network (built once per process, lazily).
+
+    The warp stays eager: its compiled gather measured 3x slower than eager on CPU.
+    The primal and dual updates compile separately: fused into one graph, inductor recomputes the
+    primal update for each neighbour the forward gradient reads, which made it slower than eager.
+    """
+    if not _COMPILED:
+        primal = torch.compile(ops.primal_update, dynamic=True, fullgraph=True)
+        dual = torch.compile(ops.dual_update, dynamic=True, fullgraph=True)
+        median = torch.compile(ops.median_network_padded, dynamic=True, fullgraph=True)
+
+        def step(u, p, i1wx, i1wy, grad, rho_c, consts):
+            _unbacked_batch(u, p, i1wx, i1wy, grad, rho_c)
+            u_new, err = primal(u, p, i1wx, i1wy, grad, rho_c, consts)
+            _unbacked_batch(u_new)
+            return u_new, dual(u_new, p, consts[2]), err
+
+        def median_filter(x, k):
+            r = k // 2
+            pad = torch.nn.functional.pad(x, (r, r, r, r), mode="replicate")
+            _unbacked_batch(pad)
+            return median(pad, k)
+
+        _COMPILED.update(step=step, median=median_filter)
+    return _COMPILED["step"], _COMPILED["median"]
+
+
+def _compile_available(device: str) -> bool:
+    """Inductor needs a C++ compiler on CPU (and Triton on CUDA); without them stay eager."""
+    if device.startswith("cuda"):
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return False
+        return True
+    return shutil.which("g++") is not None or shutil.which("c++") is not None
+
+
+@register_engine("tvl1")
+class TVL1Engine:
+    """Batched TV-L1 engine matching cv2.optflow.DualTVL1OpticalFlow; CPU or CUDA, same code.
+
+    compile: "auto" (torch.compile when available, unless FLOWKIT_TVL1_COMPILE=0), True, or False
+    (the eager oracle). The first compiled call of a process takes ~10-60 s on a 2-core CPU.
+    compact: drop finished pairs from the batch (host check per iteration); default on CPU only,
+    CUDA instead masks finished pairs on the device and checks the host every `sync_every` steps.
+    """
+
+    name = "tvl1"
+
+    def __init__(self, device: str = "cpu", *, compile: bool | str = "auto",
+                 compact: bool | None = None, sync_every: int = 10, **params: Any) -> None:
+        unknown = set(params) - {f.name for f in dataclasses.fields(TVL1Params)}
+        if unknown:
+            raise ConfigError(f"unknown tvl1 parameter(s): {', '.join(sorted(unknown))}")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise EngineUnavailableError(f"tvl1: device {device!r} requested, CUDA unavailable")
+        self.device = device
+        self.params = TVL1Params(**params)
+        self.compile = compile
+        self.compact = (device == "cpu") if compact is None else compact
+        self.sync_every = max(1, int(sync_every))
+        self.last_stats: dict[str, Any] = {}
+        self._kernels: tuple[ops.StepFn, ops.StepFn] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_kernels"] = None  # compiled callables do not pickle; rebuilt in the worker
+        return state
+
+    def __call__(self, prev: np.ndarray, nxt: np.ndarray,
+                 initial_flow: np.ndarray | None = None) -> np.ndarray:
+        """Flow from prev to nxt: uint8 (B,H,W) -> float32 (B,2,H,W); (H,W) -> (2,H,W)."""
+        return self.compute(prev, nxt, initial_flow=initial_flow)
+
+    def compute(self, prev: np.ndarray, nxt: np.ndarray,
+                initial_flow: np.ndarray | None = None) -> np.ndarray:
+        """Like __call__; initial_flow (B,2,H,W) or (2,H,W) acts as cv2's useInitialFlow."""
+        a, b, single = as_pair_batch(prev, nxt)
+        init = None
+        if initial_flow is not None:
+            init = np.asarray(initial_flow, dtype=np.float32)
+            init = init[None] if init.ndim == 3 else init
+            if init.shape != (a.shape[0], 2, *a.shape[1:]):
+                raise ValueError(f"initial_flow must be (B,2,H,W) matching the frames, "
+                                 f"got {init.shape}")
+            init = torch.from_numpy(init).to(self.device)
+        dev = torch.device(self.device)
+        flow = self.compute_tensor(torch.from_numpy(a).to(dev), torch.from_numpy(b).to(dev), init)
+        out = flow.cpu().numpy()
+        return out[0] if single else out
+
+    def compute_tensor(self, prev: torch.Tensor, nxt: torch.Tensor,
+                       initial_flow: torch.Tensor | None = None) -> torch.Tensor:
+        """Tensor API: (B,H,W) frames (uint8 0..255 or float 0..1, like cv2) -> (B,2,H,W) flow."""
+        if prev.shape != nxt.shape:
+            raise ValueError(f"prev and nxt shapes differ: {tuple(prev.shape)}, {tuple(nxt.shape)}")
+        i0, i1 = _to_gray255(prev), _to_gray255(nxt)
+        kernels = self._get_kernels()
+        with torch.no_grad():
+            try:
+                return self._solve(i0, i1, initial_flow, kernels)
+            except Exception as exc:
+                if kernels is None:
+                    raise
+                # A failing compiled path must not fail the run: the eager path is exact.
+                log.warning("tvl1: compiled kernels failed (%s); falling back to eager", exc)
+                self.compile, self._kernels = False, None
+                return self._solve(i0, i1, initial_flow, None)
+
+    def _solve(self, i0, i1, init, kernels):
+        solver = _Solver(self.params.effective(), kernels, self.compact, self.sync_every,
+                         self.last_stats)
+        return solver.run(i0, i1, init)
+
+    def _get_kernels(self) -> tuple[ops.StepFn, ops.StepFn] | None:
+        if self._kernels is None and self._want_compile():
+            try:
+                self._kernels = _compiled_kernels()
+            except Exception as exc:  # torch.compile missing or broken: the eager path is exact
+                log.warning("tvl1: torch.compile unavailable (%s); using eager mode", exc)
+                self.compile = False
+        return self._kernels
+
+    def _want_compile(self) -> bool:
+        return auto_compile(self.device) if self.compile == "auto" else bool(self.compile)
+
+
+def auto_compile(device: str) -> bool:
+    """Whether compile="auto" compiles on `device`; FLOWKIT_TVL1_COMPILE=0 turns it off, so that
+    test suites and short jobs skip the warm-up."""
+    env = os.environ.get("FLOWKIT_TVL1_COMPILE", "").strip().lower()
+    if env in ("0", "false", "no", "off"):
+        return False
+    return _compile_available(device)
+
+
+def _to_gray255(x: torch.Tensor) -> torch.Tensor:
+    """OpenCV's input conversion: uint8 as 0..255, float input multiplied by 255."""
+    if x.ndim != 3:
+        raise ValueError(f"frames must be (B, H, W), got shape {tuple(x.shape)}")
+    if x.dtype == torch.uint8:
+        return x.float().unsqueeze(1)
+    return (x.float() * 255.0).unsqueeze(1)
+
+
+class _Solver:
+    """One call of the coarse-to-fine solver on a batch; records iteration counts in `stats`."""
+
+    def __init__(self, params: TVL1Params, kernels: tuple[ops.StepFn, ops.StepFn] | None,
+                 compact: bool, sync_every: int, stats: dict[str, Any]) -> None:
+        self.p = params
+        self.step, self.median = kernels if kernels else (ops.tvl1_iteration, ops.median_filter)
+        self.compact = compact
+        self.sync_every = sync_every
+        self.stats = stats
+        self.consts = (_f32(params.lambda_ * params.theta), _f32(params.theta),
+                       _f32(params.tau / params.theta), _f32(params.gamma))
+        self.channels = 3 if params.gamma != 0 else 2
+
+    def pyramid(self, img: torch.Tensor) -> list[torch.Tensor]:
+        """Levels finest first; stops before a level under 16 px (cv2's per-call truncation)."""
+        levels = [img]
+        for _ in range(1, self.p.nscales):
+            if self.p.pyramid == "opencv2.4":
+                nxt = ops.pyr_down(levels[-1])
+            else:
+                nxt = ops.resize_by_factor(levels[-1], self.p.scale_step)
+            if min(nxt.shape[-2:]) < MIN_LEVEL_SIZE:
+                break
+            levels.append(nxt)
+        return levels
+
+    def run(self, i0: torch.Tensor, i1: torch.Tensor,
+            init: torch.Tensor | None) -> torch.Tensor:
+        """Coarse-to-fine over the pyramid; returns the level-0 flow (B, 2, H, W)."""
+        bsz = i0.shape[0]
+        pyr = self.pyramid(torch.cat([i0, i1]))
+        u = self._initial(init, pyr, bsz)
+        self.stats.clear()
+        self.stats.update(levels=len(pyr), iterations=torch.zeros(bsz, dtype=torch.float64),
+                          fre_iterations=torch.zeros(bsz, dtype=torch.float64), batch_iterations=0)
+        area0 = float(pyr[0].shape[-1] * pyr[0].shape[-2])
+        for s in range(len(pyr) - 1, -1, -1):
+            level = pyr[s]
+            before = self.stats["iterations"].clone()
+            u = self._level(level[:bsz], level[bsz:], u)
+            frac = level.shape[-1] * level.shape[-2] / area0
+            self.stats["fre_iterations"] += (self.stats["iterations"] - before) * frac
+            if s > 0:
+                u = self._upsample(u, pyr[s - 1].shape[-2:])
+        for key in ("iterations", "fre_iterations"):
+            self.stats[key] = self.stats[key].tolist()
+        return u[:, :2].contiguous()
+
+    def _initial(self, init: torch.Tensor | None, pyr: list[torch.Tensor],
+                 bsz: int) -> torch.Tensor:
+        """Zero flow at the coarsest level, or the initial flow taken down the pyramid (cv2 3.3)."""
+        h, w = pyr[-1].shape[-2:]
+        u = torch.zeros(bsz, self.channels, h, w, dtype=torch.float32, device=pyr[0].device)
+        if init is None:
+            return u
+        flow = init.to(torch.float32)
+        for _ in range(len(pyr) - 1):
+            if self.p.pyramid == "opencv2.4":
+                flow = ops.resize_to(flow, _half_size(flow)) * 0.5
+            else:
+                flow = ops.resize_by_factor(flow, self.p.scale_step) * _f32(self.p.scale_step)
+        u[:, :2] = flow
+        return u
+
+    def _upsample(self, u: torch.Tensor, size: torch.Size) -> torch.Tensor:
+        up = ops.resize_to(u, (int(size[0]), int(size[1])))
+        factor = 2.0 if self.p.pyramid == "opencv2.4" else _f32(1.0 / self.p.scale_step)
+        up[:, :2] *= factor  # the illumination field (channel 2) is not a displacement
+        return up
+
+    def _level(self, i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """All warps of one pyramid level; the dual variables are reset per level."""
+        i1x, i1y = ops.centered_gradient(i1)
+        src = torch.cat([i1, i1x, i1y], dim=1)
+        bsz, _, h, w = i1.shape
+        p = torch.zeros(bsz, self.channels, 2, h, w, dtype=torch.float32, device=i1.device)
+        eps = _f32(self.p.epsilon ** 2 * w * h)
+        for _ in range(self.p.warps):
+            warped = ops.warp_cubic(src, u[:, :2].contiguous())
+            i1w, i1wx, i1wy = warped[:, 0], warped[:, 1], warped[:, 2]
+            grad = i1wx * i1wx + i1wy * i1wy
+            rho_c = i1w - i1wx * u[:, 0] - i1wy * u[:, 1] - i0[:, 0]
+            # Fresh dense copies: .contiguous() keeps the odd batch stride when B == 1, which
+            # would make dynamo recompile the kernels for single pairs.
+            dense = torch.contiguous_format
+            data = (i1wx.clone(memory_format=dense), i1wy.clone(memory_format=dense), grad, rho_c)
+            run = self._iterate_compact if self.compact else self._iterate_masked
+            u, p = run(u, p, data, eps)
+        return u
+
+    def _median(self, u: torch.Tensor) -> torch.Tensor:
+        k = self.p.median_filtering
+        flow = self.median(u[:, :2].contiguous(), k)
+        return flow if u.shape[1] == 2 else torch.cat([flow, u[:, 2:]], dim=1)
+
+    def _iterate_compact(self, u, p, data, eps):
+        """One warp's iterations; finished pairs leave the working set (host check each step)."""
+        idx = torch.arange(u.shape[0], device=u.device)
+        wu, wp, wdata = u, p, data
+        counts = self.stats["iterations"]
+        for _ in range(self.p.outer_iterations):
+            if self.p.median_filtering > 1:
+                wu = self._median(wu)
+            for _ in range(self.p.inner_iterations):
+                wu, wp, err = self.step(wu, wp, *wdata, self.consts)
+                counts[idx.cpu()] += 1
+                self.stats["batch_iterations"] += 1
+                keep = err > eps
+                if bool(keep.all()):
+                    continue
+                u, p = u.clone(), p.clone()
+                u[idx], p[idx] = wu, wp  # store finished (and current) state
+                idx, wu, wp = idx[keep], wu[keep], wp[keep]
+                if idx.numel() == 0:
+                    return u, p
+                wdata = tuple(d[keep] for d in wdata)
+        u, p = u.clone(), p.clone()
+        u[idx], p[idx] = wu, wp
+        return u, p
+
+    def _iterate_masked(self, u, p, data, eps):
+        """One warp's iterations in lockstep; finished pairs are frozen on the device."""
+        active = torch.ones(u.shape[0], dtype=torch.bool, device=u.device)
+        count = torch.zeros(u.shape[0], dtype=torch.float64, device=u.device)
+        n = 0
+        for _ in range(self.p.outer_iterations):
+            if self.p.median_filtering > 1:
+                u = torch.where(active.view(-1, 1, 1, 1), self._median(u), u)
+            for _ in range(self.p.inner_iterations):
+                un, pn, err = self.step(u, p, *data, self.consts)
+                u = torch.where(active.view(-1, 1, 1, 1), un, u)
+                p = torch.where(active.view(-1, 1, 1, 1, 1), pn, p)
+                count += active
+                active = active & (err > eps)
+                n += 1
+                if n % self.sync_every == 0 and not bool(active.any()):
+                    break
+            if not bool(active.any()):
+                break
+        self.stats["iterations"] += count.cpu()
+        self.stats["batch_iterations"] += n
+        return u, p
+
+
+def _half_size(x: torch.Tensor) -> tuple[int, int]:
+    return (x.shape[-2] + 1) // 2, (x.shape[-1] + 1) // 2
