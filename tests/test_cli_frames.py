@@ -90,7 +90,9 @@ def test_bad_videos_fail_alone_and_exit_1(videos, tmp_path, make_video):
 
 
 def test_cli_help_and_version():
-    for command in ([], ["sample-frames"], ["status"], ["doctor"], ["merge"], ["inspect"]):
+    commands = ["extract-flow", "sample-frames", "features", "visualize", "status", "doctor", "merge"]
+    commands.append("inspect")
+    for command in ([], *([c] for c in commands)):
         result = CliRunner().invoke(main, [*command, "--help"])
         assert result.exit_code == 0 and "Example" in result.output
     assert "0.1.0" in CliRunner().invoke(main, ["--version"]).output

@@ -51,7 +51,7 @@ class FeaturesConfig:
     c3d_mode: str = "caffe"
     i3d_compat: str = "tf"
     mean_file: str | None = None
-    flow_algorithm: str = "tvl1"
+    flow_algorithm: str = "auto"
     bound: float = 20.0
     dtype: str = "float32"
     dataset_name: str = "features"
