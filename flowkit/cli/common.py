@@ -38,6 +38,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def setup_logging(quiet: bool) -> None:
+    """Log flowkit's INFO lines (WARNING with --quiet) to stderr."""
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="flowkit: %(message)s")
     # Dask logs every connection at INFO, burying flowkit's own lines; distributed reads its levels
     # from this config when imported (in the workers too), so it is set before that.

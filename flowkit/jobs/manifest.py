@@ -67,6 +67,7 @@ class Manifest:
     # -- job record -------------------------------------------------------------------------------
     @property
     def job_path(self) -> Path:
+        """Where the job record lives."""
         return self.state_dir / "job.json"
 
     def read_job(self) -> dict[str, Any] | None:
@@ -126,6 +127,7 @@ class Manifest:
 
     # -- done records -----------------------------------------------------------------------------
     def done_path(self, unit_id: str) -> Path:
+        """Where a unit's done record lives."""
         return self.state_dir / "done" / f"{safe_name(unit_id)}.json"
 
     def write_done(self, unit_id: str, record: Mapping[str, Any]) -> None:
@@ -142,6 +144,7 @@ class Manifest:
             return None
 
     def clear_done(self, unit_id: str) -> None:
+        """Forget that a unit was done (before redoing it)."""
         with contextlib.suppress(FileNotFoundError):
             self.done_path(unit_id).unlink()
 
@@ -173,10 +176,12 @@ class EventLog:
         self._fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
     def write(self, event: str, **fields: Any) -> None:
+        """Append one event as a single write()."""
         record = {"event": event, "time": time.time(), **fields}
         os.write(self._fd, (json.dumps(record, default=str) + "\n").encode())
 
     def close(self) -> None:
+        """Close the log file."""
         with contextlib.suppress(OSError):
             os.close(self._fd)
 
@@ -194,6 +199,7 @@ class RunLock:
         self.path = manifest.state_dir / "locks" / f"{tag}.lock"
 
     def acquire(self) -> None:
+        """Take the lock or raise ManifestError naming the holder; reclaim a dead holder's lock."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
             try:
@@ -256,5 +262,6 @@ class RunLock:
         )
 
     def release(self) -> None:
+        """Give the lock back."""
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()

@@ -59,11 +59,25 @@ class Pipeline(Protocol):
 
     command: str
 
-    def output_config(self) -> dict[str, Any]: ...
-    def make_units(self, items: Sequence[VideoItem]) -> list[Unit]: ...
-    def is_done(self, unit: Unit, manifest: Manifest) -> bool: ...
-    def process(self, unit: Unit, manifest: Manifest) -> UnitResult: ...
-    def finalize(self, manifest: Manifest) -> None: ...
+    def output_config(self) -> dict[str, Any]:
+        """The config that decides the outputs (hashed into the job record)."""
+        ...
+
+    def make_units(self, items: Sequence[VideoItem]) -> list[Unit]:
+        """Group the sorted inputs into units; unit ids depend only on input positions."""
+        ...
+
+    def is_done(self, unit: Unit, manifest: Manifest) -> bool:
+        """Whether a unit's output is in place and verifies (done record + cheap check)."""
+        ...
+
+    def process(self, unit: Unit, manifest: Manifest) -> UnitResult:
+        """Do one unit: write its output atomically, then its done record."""
+        ...
+
+    def finalize(self, manifest: Manifest) -> None:
+        """After a run: write what spans units (annotation lists, index.json)."""
+        ...
 
 
 @dataclass
@@ -92,6 +106,7 @@ class RunOptions:
 
     @property
     def shard_tag(self) -> str:
+        """The shard's name in lock and event-log file names."""
         return f"shard-{self.shard[0]}-of-{self.shard[1]}"
 
 
@@ -109,6 +124,7 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
+        """0 when nothing failed, else 1."""
         return 1 if self.failed else 0
 
     def lines(self) -> list[str]:

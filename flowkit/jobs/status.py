@@ -27,6 +27,7 @@ class StatusReport:
 
     @property
     def exit_code(self) -> int:
+        """0 when nothing failed, else 1."""
         return 1 if self.failed else 0
 
     def lines(self) -> list[str]:

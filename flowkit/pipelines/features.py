@@ -113,6 +113,7 @@ class FeaturesConfig:
 
     @property
     def streams(self) -> tuple[str, ...]:
+        """The input streams this run uses."""
         return ("rgb", "flow") if self.stream == "both" else (self.stream,)
 
     def weights_for(self, stream: str) -> str | None:
@@ -270,13 +271,16 @@ class FeaturesPipeline:
     command: str = "features"
 
     def output_config(self) -> dict[str, Any]:
+        """See Pipeline.output_config."""
         return self.cfg.output_config()
 
     @property
     def name(self) -> str:
+        """Prefix of the shard files."""
         return self.cfg.shard_name or self.cfg.model
 
     def make_units(self, items: Sequence[VideoItem]) -> list[Unit]:
+        """Consecutive videos grouped into shards named by position (one unit per video for npy)."""
         if self.cfg.format == "npy":
             return [Unit(item.video_id, k, (item,)) for k, item in enumerate(items)]
         per = self.cfg.videos_per_shard
@@ -288,6 +292,7 @@ class FeaturesPipeline:
         ]
 
     def is_done(self, unit: Unit, manifest: Manifest) -> bool:
+        """Done record without failures and a shard (or npy files) that verifies."""
         record = manifest.read_done(unit.uid)
         if record is None or record.get("failed"):
             return False
@@ -326,6 +331,7 @@ class FeaturesPipeline:
         return attrs
 
     def process(self, unit: Unit, manifest: Manifest) -> UnitResult:
+        """Compute one shard (or npy video), reusing finished videos of a previous attempt."""
         previous = manifest.read_done(unit.uid)
         manifest.clear_done(unit.uid)
         features = self._features()
@@ -405,6 +411,7 @@ class FeaturesPipeline:
         return UnitResult(unit.uid, "done", frames=int(attrs["num_frames"]), notes=notes)
 
     def finalize(self, manifest: Manifest) -> None:
+        """Write index.json (video_id -> shard) from every done record."""
         if self.cfg.format != "hdf5":
             return
         mapping = {vid: r["shard"] for r in manifest.all_done() if "shard" in r for vid in r["videos"]}

@@ -98,16 +98,20 @@ class FlowPipeline:
     command: str = "extract-flow"
 
     def output_config(self) -> dict[str, Any]:
+        """See Pipeline.output_config."""
         return self.cfg.output_config()
 
     def make_units(self, items: Sequence[VideoItem]) -> list[Unit]:
+        """One unit per video."""
         return [Unit(item.video_id, k, (item,)) for k, item in enumerate(items)]
 
     def is_done(self, unit: Unit, manifest: Manifest) -> bool:
+        """Done record present and the folder holds the recorded file counts."""
         record = manifest.read_done(unit.uid)
         return record is not None and verify_video_folder(self.out_dir / unit.uid, record, self.cfg)
 
     def process(self, unit: Unit, manifest: Manifest) -> UnitResult:
+        """Decode, compute and write one video; failures are returned, not raised."""
         item = unit.items[0]
         if item.error:
             return UnitResult(unit.uid, "failed", failures=[(str(item.path), item.error)])
@@ -119,6 +123,7 @@ class FlowPipeline:
         return UnitResult(unit.uid, "done", frames=record["num_frames"], record=record, notes=notes)
 
     def finalize(self, manifest: Manifest) -> None:
+        """Rebuild the annotation lists from every done record (all shards)."""
         kinds = ["rgb", "flow"] if self.cfg.format in ("jpg", "png") else ["flow"]
         write_lists(self.out_dir, manifest.all_done(), kinds if self.cfg.rgb else ["flow"])
 

@@ -108,9 +108,11 @@ class FramesPipeline:
     command: str = "sample-frames"
 
     def output_config(self) -> dict[str, Any]:
+        """See Pipeline.output_config."""
         return asdict(self.cfg)
 
     def make_units(self, items: Sequence[VideoItem]) -> list[Unit]:
+        """One unit per video."""
         return [Unit(item.video_id, k, (item,)) for k, item in enumerate(items)]
 
     def _target(self, video_id: str) -> Path:
@@ -118,6 +120,7 @@ class FramesPipeline:
         return self.out_dir / f"{video_id}{suffix}"
 
     def is_done(self, unit: Unit, manifest: Manifest) -> bool:
+        """Done record present and the output (folder or npz) is in place."""
         record = manifest.read_done(unit.uid)
         if record is None:
             return False
@@ -128,6 +131,7 @@ class FramesPipeline:
         return count_files(target, layout.rgb_prefix + "_") == record.get("rgb")
 
     def process(self, unit: Unit, manifest: Manifest) -> UnitResult:
+        """Decode, compute and write one video; failures are returned, not raised."""
         item = unit.items[0]
         if item.error:
             return UnitResult(unit.uid, "failed", failures=[(str(item.path), item.error)])
@@ -182,6 +186,7 @@ class FramesPipeline:
         os.replace(tmp, target)
 
     def finalize(self, manifest: Manifest) -> None:
+        """Rebuild the annotation lists from every done record (all shards)."""
         if self.cfg.format == "jpg":
             write_lists(self.out_dir, manifest.all_done(), ["rgb"])
 
