@@ -2,6 +2,7 @@
 
     python bench/flow_engines.py                              # CPU, 340x256 and 640x480
     python bench/flow_engines.py --device cuda --batch-sizes 8,32
+    python bench/flow_engines.py --baseline HEAD     # also run tvl1 as committed at a git revision
 
 Frames are synthetic smooth textures moved by a sub-pixel translation plus a small rotation, with
 Gaussian noise (sigma 2 grey levels). The table goes to stdout as markdown.
@@ -12,8 +13,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import cv2
@@ -68,6 +71,28 @@ def run_engine(engine, prev: np.ndarray, nxt: np.ndarray, batch: int) -> tuple[n
     return np.concatenate(out), time.perf_counter() - start, fre
 
 
+def load_baseline(rev: str) -> str:
+    """Register the tvl1 engine of git revision `rev` as "tvl1@rev" (for before/after runs)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def source(path: str) -> str:
+        return subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, check=True,
+                              capture_output=True, text=True).stdout
+
+    name = f"tvl1@{rev}"
+    ops = types.ModuleType("flowkit_baseline_tvl1_ops")
+    exec(compile(source("flowkit/flow/tvl1_ops.py"), f"{name}:tvl1_ops.py", "exec"), ops.__dict__)
+    sys.modules[ops.__name__] = ops
+    engine_src = source("flowkit/flow/tvl1.py")
+    engine_src = engine_src.replace("from flowkit.flow import tvl1_ops as ops",
+                                    f"import {ops.__name__} as ops")
+    engine_src = engine_src.replace('@register_engine("tvl1")', f'@register_engine("{name}")')
+    module = types.ModuleType("flowkit_baseline_tvl1")
+    sys.modules[module.__name__] = module
+    exec(compile(engine_src, f"{name}:tvl1.py", "exec"), module.__dict__)
+    return name
+
+
 def header(args: argparse.Namespace) -> list[str]:
     return [
         f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
@@ -89,13 +114,15 @@ def bench_size(args: argparse.Namespace, w: int, h: int) -> list[str]:
     for name in ("farneback", "dis"):
         flow, sec, _ = run_engine(create_engine(name, "cpu"), prev, nxt, 1)
         rows.append(_row(f"{w}x{h}", name, 1, sec, args.pairs, flow, ref, truth, [], w * h))
-    engine = create_engine("tvl1", args.device, compile=args.compile)
-    # One small warm-up per size: the compiled kernels are shape-generic (symbolic batch and size)
-    _, warm, _ = run_engine(engine, prev[:2], nxt[:2], 2)
-    args.warmups.append(f"{w}x{h} (2 pairs): {warm:.1f} s")
-    for batch in args.batch_sizes:
-        flow, sec, fre = run_engine(engine, prev, nxt, batch)
-        rows.append(_row(f"{w}x{h}", "tvl1", batch, sec, args.pairs, flow, ref, truth, fre, w * h))
+    for name in [*args.baselines, "tvl1"]:
+        engine = create_engine(name, args.device, compile=args.compile)
+        # One small warm-up per size: the compiled kernels are shape-generic (symbolic sizes)
+        _, warm, _ = run_engine(engine, prev[:2], nxt[:2], 2)
+        args.warmups.append(f"{name} {w}x{h} (2 pairs): {warm:.1f} s")
+        for batch in args.batch_sizes:
+            flow, sec, fre = run_engine(engine, prev, nxt, batch)
+            rows.append(_row(f"{w}x{h}", name, batch, sec, args.pairs, flow, ref, truth, fre,
+                             w * h))
     if "tvl1-cuda-opencv" in list_engines() and args.device.startswith("cuda"):
         flow, sec, _ = run_engine(create_engine("tvl1-cuda-opencv", args.device), prev, nxt, 1)
         rows.append(_row(f"{w}x{h}", "tvl1-cuda-opencv", 1, sec, args.pairs, flow, ref, truth, [],
@@ -121,7 +148,10 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,4,8")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
+    parser.add_argument("--baseline", action="append", default=[], metavar="REV",
+                        help="also run tvl1 as in git revision REV (repeatable), as 'tvl1@REV'")
     args = parser.parse_args()
+    args.baselines = [load_baseline(rev) for rev in args.baseline]
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     args.compile = {"auto": "auto", "on": True, "off": False}[args.compile]
     args.warmups = []

@@ -9,7 +9,7 @@ import torch
 from flowdata import epe, moved_pair, pair_batch
 
 from flowkit.flow import create_engine
-from flowkit.flow.tvl1 import TVL1Engine, _compile_available
+from flowkit.flow.tvl1 import TORCH_KERNELS, TVL1Engine, _compile_available
 
 ONE_LEVEL = dict(nscales=1, warps=1, median_filtering=1)
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -53,6 +53,18 @@ def test_defaults_within_cv2_noise_floor_and_equal_epe(pairs) -> None:
     assert np.abs(ours - ref).mean() <= _cv2_self_sensitivity(prev, nxt, ref)
     assert epe(ours, truth) <= 1.05 * epe(ref, truth)
     assert epe(ours, truth) < 0.05  # and the motion is actually recovered
+
+
+def test_pure_torch_kernels_within_cv2_noise_floor(pairs) -> None:
+    """On CPU the oracle warps and medians with cv2 itself; the PyTorch warp and median (what CUDA
+    runs) must meet the same end-to-end bounds."""
+    prev, nxt, truth = pairs
+    engine = _eager()
+    engine._kernels = TORCH_KERNELS
+    ours = engine(prev, nxt)
+    ref = create_engine("tvl1-opencv", "cpu")(prev, nxt)
+    assert np.abs(ours - ref).mean() <= _cv2_self_sensitivity(prev, nxt, ref)
+    assert epe(ours, truth) <= 1.05 * epe(ref, truth)
 
 
 @pytest.mark.parametrize("compact", [True, False])

@@ -11,6 +11,7 @@ import torch
 from flowdata import texture
 
 from flowkit.errors import ConfigError
+from flowkit.flow import tvl1_cpu
 from flowkit.flow import tvl1_ops as ops
 from flowkit.flow.tvl1 import TVL1Params
 
@@ -68,6 +69,44 @@ def test_cubic_warp_matches_cv2_remap(scale: float) -> None:
     np.testing.assert_allclose(ours, ref, atol=1e-3, rtol=0)
     if scale == 40.0:
         assert (ours == 0).any()  # samples far outside read exact zeros
+
+
+def test_cpu_warp_is_cv2_remap_of_every_plane() -> None:
+    """The CPU warp (B, C planes) is cv2.remap itself, and the PyTorch gather agrees with it."""
+    h, w = 40, 45
+    rng = np.random.default_rng(12)
+    src = np.stack([[texture(h, w, seed=s)[:h, :w] for s in (c, c + 3, c + 6)] for c in (0, 1)])
+    flow = (rng.standard_normal((2, 2, h, w)) * 6).astype(np.float32)
+    ours = tvl1_cpu.warp_cubic_cv2(torch.from_numpy(src), torch.from_numpy(flow)).numpy()
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    for b in range(2):
+        for c in range(3):
+            ref = cv2.remap(src[b, c], gx + flow[b, 0], gy + flow[b, 1], cv2.INTER_CUBIC,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            np.testing.assert_array_equal(ours[b, c], ref)
+    gather = ops.warp_cubic(torch.from_numpy(src), torch.from_numpy(flow)).numpy()
+    np.testing.assert_allclose(gather, ours, atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="float32 CPU"):
+        tvl1_cpu.warp_cubic_cv2(torch.from_numpy(src).double(), torch.from_numpy(flow))
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_cpu_median_equals_torch_median(k: int) -> None:
+    gen = torch.Generator().manual_seed(13)
+    field = torch.randn(3, 2, 29, 37, generator=gen)
+    field[1, 0, 4:10, 6:9] = 0.5  # ties
+    assert torch.equal(tvl1_cpu.median_cv2(field, k), ops.median_filter(field, k))
+
+
+def test_fast_dual_update_matches_dual_update() -> None:
+    gen = torch.Generator().manual_seed(14)
+    u = torch.randn(3, 2, 23, 31, generator=gen) * 3
+    p = torch.randn(3, 2, 2, 23, 31, generator=gen) * 0.2
+    p[:, :, 0, :, -1] = 0
+    p[:, :, 1, -1, :] = 0
+    fast, ref = ops.dual_update_fast(u, p, 0.25 / 0.3), ops.dual_update(u, p, 0.25 / 0.3)
+    np.testing.assert_allclose(fast.numpy(), ref.numpy(), rtol=3e-7, atol=0)
+    assert (fast[:, :, 0, :, -1] == 0).all() and (fast[:, :, 1, -1, :] == 0).all()
 
 
 def test_cubic_warp_checks_shapes() -> None:

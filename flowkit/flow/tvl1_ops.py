@@ -235,6 +235,27 @@ def dual_update(u: torch.Tensor, p: torch.Tensor, taut: float) -> torch.Tensor:
     return (p + taut * torch.stack([ux, uy], dim=2)) / norm
 
 
+def dual_update_fast(u: torch.Tensor, p: torch.Tensor, taut: float) -> torch.Tensor:
+    """:func:`dual_update` for the compiled path, equal to it up to float rounding.
+
+    Neighbours are read through clamped index vectors (the last column / row differences become
+    exactly 0), which inductor fuses into one loop instead of materialising padded differences;
+    on CPU the norm is the float64 sqrt of the squares rounded to float32, i.e. hypot except in rare
+    last-ulp cases (OpenCV itself evaluates hypot in double or float), and 1.6x faster there.
+    """
+    h, w = u.shape[-2:]
+    right = torch.clamp(torch.arange(w, device=u.device) + 1, max=w - 1)
+    below = torch.clamp(torch.arange(h, device=u.device) + 1, max=h - 1)
+    ux, uy = u[..., right] - u, u[..., below, :] - u
+    if u.device.type == "cpu":
+        x, y = ux.double(), uy.double()
+        length = torch.sqrt(x * x + y * y).float()
+    else:  # native float hypot on the GPU, where float64 is slow on many models
+        length = torch.hypot(ux, uy)
+    norm = (1.0 + taut * length).unsqueeze(2)
+    return (p + taut * torch.stack([ux, uy], dim=2)) / norm
+
+
 def tvl1_iteration(
     u: torch.Tensor,
     p: torch.Tensor,
