@@ -247,6 +247,8 @@ class TVL1Engine:
 
     def _get_kernels(self) -> Kernels | None:
         if self._kernels is None and self._want_compile():
+            log.info("tvl1: compiling the kernels for %s on first use (seconds; FLOWKIT_TVL1_COMPILE=0 "
+                     "skips this and runs eager, about 2x slower)", self.device)
             try:
                 self._kernels = fast_kernels(self.device)
             except Exception as exc:  # torch.compile missing or broken: the eager path is exact
