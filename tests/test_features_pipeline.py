@@ -152,6 +152,17 @@ def test_i3d_two_streams_combine_and_slowfast_layout(videos, tmp_path):
     np.testing.assert_array_equal(data["spatial_rgb_window_indices"], [0, 2])
 
 
+def test_flow_stream_with_frames_after_the_last_window(videos, tmp_path):
+    out = tmp_path / "out"
+    result = run("features", videos / "a" / "mid.mp4", "-o", out, "--model", "i3d_test", "--random-weights",
+                 "--stream", "flow", "--clip-len", "9", "--stride", "9", "--flow-algorithm", "dis",
+                 "--batch-size", "3")
+    assert result.exit_code == 0, result.output
+    data = read_video(out / "i3d_test-00000-of-00001.h5", "mid")["datasets"]
+    assert data["features"].shape == (2, 64)  # frames 0-8 and 9-17 of 20; 18, 19 are left over
+    np.testing.assert_array_equal(data["frame_indices"], [[0, 9], [9, 18]])
+
+
 def test_float16_halves_the_size(videos, tmp_path):
     sizes = {}
     for dtype in ("float32", "float16"):

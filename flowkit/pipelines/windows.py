@@ -76,6 +76,8 @@ class WindowAssembler:
         self.pending: list[int] = []
         self.next_window = 0
         self.last = len(plan.kept) - 1
+        # Flows past the last window's frames are never used: skip computing them.
+        self.last_needed = int(plan.windows.max()) if len(plan.windows) else -1
 
     def feed(self, frames: Iterator[Frame]) -> Iterator[Window]:
         """Consume decoded frames; yield windows in order as soon as their data is complete."""
@@ -86,7 +88,7 @@ class WindowAssembler:
             self.frames[p] = frame.image
             if self.flow_fn is not None:
                 self.grays[p] = to_gray(frame.image)
-                if p > 0:
+                if p > 0 and p - 1 <= self.last_needed:
                     self.pending.append(p - 1)
                 if len(self.pending) >= self.flow_batch:
                     self._compute_flows()
@@ -95,6 +97,8 @@ class WindowAssembler:
         yield from self._ready(final=True)
 
     def _compute_flows(self) -> None:
+        # A pair whose frames were evicted is no longer needed by any window.
+        self.pending = [q for q in self.pending if q in self.grays and q + 1 in self.grays]
         if not self.pending or self.flow_fn is None:
             return
         prev = np.stack([self.grays[q] for q in self.pending])
