@@ -85,7 +85,7 @@ def resolve_device(device: str) -> str:
 
 
 def default_engine(device: str) -> str:
-    """Engine used when none is named: the fastest at equal accuracy (bench/RESULTS_flow.md).
+    """Engine used when none is named: the fastest at equal accuracy (BENCHMARKS.md).
 
     That is the batched tvl1 everywhere: on a 2-core CPU it is about 2x cv2 compiled and about cv2's
     speed without torch.compile, with the same accuracy; on CUDA it is the only GPU TV-L1 without an
