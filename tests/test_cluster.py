@@ -242,10 +242,10 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60.0) -> None:
 
 
 def test_concurrent_runs_never_share_units(make_video, tmp_path):
-    # Even units are long (tvl1-opencv, ~20 s of work), odd units tiny: shard 0/2 stays busy
+    # Even units are long (tvl1-opencv, ~30 s each), odd units tiny: shard 0/2 stays busy
     # while the others start, and shard 1/2 finishes quickly beside it.
     for k in range(6):
-        make_video(f"in/v{k}.mp4", n=40 if k % 2 == 0 else 2, height=64, width=64, seed=k)
+        make_video(f"in/v{k}.mp4", n=200 if k % 2 == 0 else 2, height=64, width=64, seed=k)
     out = tmp_path / "out"
     common = ["extract-flow", tmp_path / "in", "-o", out, "-a", "tvl1-opencv"]
     first = flowkit_process(*common, "--shard", "0/2")

@@ -154,13 +154,67 @@ def test_i3d_two_streams_combine_and_slowfast_layout(videos, tmp_path):
 
 def test_flow_stream_with_frames_after_the_last_window(videos, tmp_path):
     out = tmp_path / "out"
-    result = run("features", videos / "a" / "mid.mp4", "-o", out, "--model", "i3d_test", "--random-weights",
-                 "--stream", "flow", "--clip-len", "9", "--stride", "9", "--flow-algorithm", "dis",
-                 "--batch-size", "3")
+    result = run(
+        "features",
+        videos / "a" / "mid.mp4",
+        "-o",
+        out,
+        "--model",
+        "i3d_test",
+        "--random-weights",
+        "--stream",
+        "flow",
+        "--clip-len",
+        "9",
+        "--stride",
+        "9",
+        "--flow-algorithm",
+        "dis",
+        "--batch-size",
+        "3",
+    )
     assert result.exit_code == 0, result.output
     data = read_video(out / "i3d_test-00000-of-00001.h5", "mid")["datasets"]
     assert data["features"].shape == (2, 64)  # frames 0-8 and 9-17 of 20; 18, 19 are left over
     np.testing.assert_array_equal(data["frame_indices"], [[0, 9], [9, 18]])
+
+
+@pytest.mark.parametrize("fmt", ["h5", "jpg"])
+def test_flow_read_from_an_extract_flow_folder(videos, tmp_path, fmt):
+    flows = tmp_path / "flows"
+    assert (
+        run(
+            "extract-flow", videos, "-o", flows, "-a", "dis", "--short-side", "128", "--format", fmt
+        ).exit_code
+        == 0
+    )
+    # --random-weights are seeded and keep features input-dependent, so both runs use the same model.
+    common = ["--model", "i3d_test", "--random-weights", "--stream", "flow", "--clip-len", "9"]
+    assert (
+        run(
+            "features",
+            videos / "a" / "mid.mp4",
+            "-o",
+            tmp_path / "computed",
+            *common,
+            "--flow-algorithm",
+            "dis",
+        ).exit_code
+        == 0
+    )
+    result = run("features", videos, "-o", tmp_path / "read", *common, "--flow-dir", flows)
+    assert result.exit_code == 0, result.output
+    computed = read_video(tmp_path / "computed" / "i3d_test-00000-of-00001.h5", "mid")["datasets"]["features"]
+    read = read_video(tmp_path / "read" / "i3d_test-00000-of-00001.h5", "a/mid")["datasets"]["features"]
+    assert np.abs(computed).max() > 0.1
+    # h5 stores float16 flow; jpg 8-bit levels (half a level = 0.08 px): features move accordingly.
+    tolerance = 0.002 if fmt == "h5" else 0.05
+    assert np.abs(read - computed).max() <= tolerance * np.abs(computed).max()
+    bad = CliRunner().invoke(
+        main,
+        ["features", str(videos), "-o", str(tmp_path / "x"), *map(str, common), "--flow-dir", str(tmp_path)],
+    )
+    assert bad.exit_code == 2 and "not an extract-flow output folder" in bad.output
 
 
 def test_float16_halves_the_size(videos, tmp_path):

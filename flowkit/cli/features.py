@@ -81,6 +81,12 @@ from flowkit.pipelines.features import COMBINES, STREAMS
 @click.option(
     "--flow-algorithm", default=None, help="Engine for the I3D flow stream (auto: the faster TV-L1 here)."
 )
+@click.option(
+    "--flow-dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Read the I3D flow from this extract-flow output (same video ids) instead of computing it.",
+)
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default=None, help="[default: float32]")
 @click.option(
     "--dataset-name",

@@ -109,3 +109,39 @@ class NpySink:
         self.fh.close()
         times = np.concatenate(self.times) if self.times else np.zeros((0, 2))
         np.save(self.folder / "timestamps.npy", times)
+
+
+class FlowFolderReader:
+    """Reads back one video's flows from an extract-flow output folder: flow k (frame k -> k+1) as float32.
+
+    8-bit images are dequantized with the bound they were written with; h5/npy are memory-mapped, so a
+    long video is not loaded whole.
+    """
+
+    def __init__(self, folder: Path, layout: Layout, fmt: str, bound: float) -> None:
+        self.folder, self.layout, self.fmt, self.bound = folder, layout, fmt, bound
+        self._array: Any = None
+        if fmt == "npy":
+            self._array = np.load(folder / "flow.npy", mmap_mode="r")
+        elif fmt == "h5":
+            self._file = h5py.File(folder / "flow.h5", "r")
+            self._array = self._file["flow"]
+
+    def __call__(self, k: int) -> np.ndarray:
+        """Flow k as (2, H, W) float32 pixels."""
+        if self._array is not None:
+            if k >= len(self._array):
+                raise IndexError(f"{self.folder}: no flow {k} (it holds {len(self._array)})")
+            return np.asarray(self._array[k], np.float32)
+        from flowkit.flow.quantize import dequantize
+
+        planes = [self._read(self.layout.flow_name(axis, k, self.fmt)) for axis in "xy"]
+        return dequantize(np.stack(planes), self.bound)
+
+    def _read(self, name: str) -> np.ndarray:
+        import cv2
+
+        image = cv2.imread(str(self.folder / name), cv2.IMREAD_GRAYSCALE)
+        if image is None:
+            raise FileNotFoundError(f"{self.folder / name}: missing or unreadable flow image")
+        return image

@@ -51,7 +51,9 @@ class Extractor:
 
         model = create_model(name, stream=stream, **kwargs)
         sha1 = known = None
-        if weights is not None:
+        if weights is None:
+            random_init(model, seed=0)
+        else:
             info = load_checkpoint(model, weights, stream=stream, drop_head=True)
             sha1, known = info.sha1, info.known_name
             log.info("%s weights: %s (git blob %s%s)", stream, weights, sha1, f", {known}" if known else "")
@@ -77,6 +79,23 @@ class Extractor:
         with self._autocast():
             out = self.streams[stream].model.extract_map(batch)
         return out.float().cpu().numpy()
+
+
+def random_init(model: torch.nn.Module, seed: int = 0) -> None:
+    """Seeded, signal-preserving random weights (He-normal convs, identity BatchNorm) for --random-weights.
+
+    PyTorch's default init shrinks activations layer by layer, so a deep random I3D would output the same
+    vector for every clip; these weights keep the features input-dependent and reproducible run to run.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv3d | torch.nn.Linear):
+                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                if module.bias is not None:
+                    torch.nn.init.zeros_(module.bias)
+            elif isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.reset_parameters()
 
 
 _cache: dict[tuple[Any, ...], Extractor] = {}

@@ -23,7 +23,10 @@ from flowkit.inputs import VideoItem
 from flowkit.jobs.manifest import Manifest, atomic_write_text
 from flowkit.jobs.runner import Unit, UnitResult, current_device, one_line
 from flowkit.outputs import hdf5
+from flowkit.outputs.flowfiles import FlowFolderReader
+from flowkit.outputs.rawframes import get_layout
 from flowkit.pipelines.extractor import Extractor, check_amp, extractor_for
+from flowkit.pipelines.stages import prefetch
 from flowkit.pipelines.windows import Window, WindowAssembler, WindowPlan, plan_windows
 from flowkit.video import Resize, VideoReader, scan_timestamps
 
@@ -52,6 +55,7 @@ class FeaturesConfig:
     i3d_compat: str = "tf"
     mean_file: str | None = None
     flow_algorithm: str = "auto"
+    flow_dir: str | None = None
     bound: float = 20.0
     dtype: str = "float32"
     dataset_name: str = "features"
@@ -83,6 +87,10 @@ class FeaturesConfig:
             )
         if self.combine and self.stream != "both":
             raise ConfigError("--combine needs --stream both")
+        if self.flow_dir is not None:
+            flow_source_settings(self.flow_dir)
+            if self.fps:
+                raise ConfigError("--flow-dir holds flow between consecutive native frames: drop --fps")
         self._check_windows(spec)
         self._check_weights()
 
@@ -127,6 +135,17 @@ class FeaturesConfig:
         config = asdict(self)
         del config["device"], config["batch_size"]
         return config
+
+
+def flow_source_settings(flow_dir: str) -> dict[str, Any]:
+    """The config of the extract-flow job in `flow_dir` (layout, format, bound); refuses other folders."""
+    job = Manifest(Path(flow_dir)).read_job()
+    if job is None or job.get("command") != "extract-flow":
+        raise ConfigError(f"{flow_dir}: not an extract-flow output folder (no extract-flow job record)")
+    config = job["config"]
+    if config.get("step", 1) != 1:
+        raise ConfigError(f"{flow_dir}: flow was extracted with --step {config['step']}; I3D needs step 1")
+    return config
 
 
 def _check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
@@ -183,12 +202,14 @@ class VideoFeatures:
         return datasets, attrs
 
     def _run(self, item: VideoItem, plan: WindowPlan) -> dict[str, list[np.ndarray]]:
-        flow_fn = self._flow_fn() if "flow" in self.cfg.streams else None
-        assembler = WindowAssembler(plan, "rgb" in self.cfg.streams, flow_fn, self.cfg.batch_size)
-        reader = VideoReader(item.path, self.geometry)
+        wants_flow = "flow" in self.cfg.streams
+        lookup = self._flow_lookup(item) if wants_flow and self.cfg.flow_dir else None
+        flow_fn = self._flow_fn() if wants_flow and lookup is None else None
+        assembler = WindowAssembler(plan, "rgb" in self.cfg.streams, flow_fn, self.cfg.batch_size, lookup)
+        reader = prefetch(VideoReader(item.path, self.geometry), depth=2 * self.clip_len)
         outputs: dict[str, list[np.ndarray]] = {}
         batch: list[Window] = []
-        for window in assembler.feed(iter(reader)):
+        for window in assembler.feed(reader):
             batch.append(window)
             if len(batch) == self.cfg.batch_size:
                 self._forward(batch, outputs)
@@ -196,6 +217,14 @@ class VideoFeatures:
         if assembler.next_window != len(plan.windows):
             raise VideoError(item.path, "decoded fewer frames on the second pass than on the first")
         return outputs
+
+    def _flow_lookup(self, item: VideoItem) -> FlowFolderReader:
+        """Flows of this video from the extract-flow folder given with --flow-dir."""
+        settings = flow_source_settings(str(self.cfg.flow_dir))
+        folder = Path(str(self.cfg.flow_dir)) / item.video_id
+        if not folder.is_dir():
+            raise VideoError(item.path, f"no extracted flow in {folder}")
+        return FlowFolderReader(folder, get_layout(settings["layout"]), settings["format"], settings["bound"])
 
     def _flow_fn(self) -> Any:
         from flowkit.pipelines.flow import FlowConfig, engine_for

@@ -16,6 +16,7 @@ from flowkit import sampling
 from flowkit.video import Frame, to_gray
 
 FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (B,H,W) uint8 x2 -> (B,2,H,W) float32
+FlowLookup = Callable[[int], np.ndarray]  # decoded index k -> flow k -> k+1, (2,H,W)
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,11 @@ class Window:
 class WindowAssembler:
     """Feeds decoded frames in, yields complete windows out, computing flow between kept frames in batches."""
 
-    def __init__(self, plan: WindowPlan, need_rgb: bool, flow_fn: FlowFn | None, flow_batch: int = 8) -> None:
+    def __init__(self, plan: WindowPlan, need_rgb: bool, flow_fn: FlowFn | None, flow_batch: int = 8,
+                 flow_lookup: FlowLookup | None = None) -> None:
         self.plan, self.need_rgb, self.flow_fn, self.flow_batch = plan, need_rgb, flow_fn, flow_batch
+        self.flow_lookup = flow_lookup  # precomputed flows by decoded frame index, instead of flow_fn
+        self.uses_flow = flow_fn is not None or flow_lookup is not None
         self.position = {int(d): p for p, d in enumerate(plan.kept)}
         self.frames: dict[int, np.ndarray] = {}
         self.grays: dict[int, np.ndarray] = {}
@@ -86,8 +90,9 @@ class WindowAssembler:
             if p is None:
                 continue
             self.frames[p] = frame.image
-            if self.flow_fn is not None:
-                self.grays[p] = to_gray(frame.image)
+            if self.uses_flow:
+                if self.flow_fn is not None:
+                    self.grays[p] = to_gray(frame.image)
                 if p > 0 and p - 1 <= self.last_needed:
                     self.pending.append(p - 1)
                 if len(self.pending) >= self.flow_batch:
@@ -97,6 +102,11 @@ class WindowAssembler:
         yield from self._ready(final=True)
 
     def _compute_flows(self) -> None:
+        if self.flow_lookup is not None:
+            for q in self.pending:
+                self.flows[q] = np.asarray(self.flow_lookup(int(self.plan.kept[q])), np.float32)
+            self.pending.clear()
+            return
         # A pair whose frames were evicted is no longer needed by any window.
         self.pending = [q for q in self.pending if q in self.grays and q + 1 in self.grays]
         if not self.pending or self.flow_fn is None:
@@ -115,7 +125,7 @@ class WindowAssembler:
         top = int(positions.max())
         if top not in self.frames:
             return False
-        if self.flow_fn is None or self.last == 0:
+        if not self.uses_flow or self.last == 0:
             return True
         return final or all(min(int(q), self.last - 1) in self.flows for q in positions)
 
@@ -124,7 +134,7 @@ class WindowAssembler:
         while self.next_window < len(windows) and self._complete(windows[self.next_window], final):
             positions = windows[self.next_window]
             frames = np.stack([self.frames[int(p)] for p in positions]) if self.need_rgb else None
-            flows = np.stack([self._flow_at(int(p)) for p in positions]) if self.flow_fn else None
+            flows = np.stack([self._flow_at(int(p)) for p in positions]) if self.uses_flow else None
             yield Window(self.next_window, frames, flows)
             self.next_window += 1
             self._evict()
