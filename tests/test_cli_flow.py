@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from flowkit.cli import main
 from flowkit.flow import create_engine
-from flowkit.flow.quantize import dequantize
+from flowkit.flow.quantize import dequantize, quantize
 from flowkit.synthetic import moving_frames, write_video
 from flowkit.video import read_all, to_gray
 
@@ -78,6 +78,17 @@ def test_known_motion_and_quantization_round_trip(tmp_path):
     assert err.mean() < 0.078 + 0.05 and err.max() < 0.078 + 0.32
     inner = jpg[:, :, 12:-12, 12:-12]
     assert abs(inner[:, 0].mean() - 1.5) < 0.1 and abs(inner[:, 1].mean() + 1.0) < 0.1
+
+
+def test_png_format_is_lossless_8_bit(tmp_path):
+    path = coded_video(tmp_path / "in" / "v.avi", n=4)
+    out = tmp_path / "out"
+    assert run("extract-flow", path, "-o", out, "--format", "png", "-a", "dis").exit_code == 0
+    levels = cv2.imread(str(out / "v" / "flow_x_00001.png"), cv2.IMREAD_UNCHANGED)
+    frames, _ = read_all(path)
+    gray = np.stack([to_gray(f.image) for f in frames])
+    expected = quantize(create_engine("dis", device="cpu")(gray[:1], gray[1:2])[0, 0])
+    np.testing.assert_array_equal(levels, expected)  # PNG keeps the quantized levels exactly
 
 
 def test_npy_format_streams_a_valid_file(tmp_path):
