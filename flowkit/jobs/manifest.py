@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import flowkit
+from flowkit.atomic import atomic_write_text
 from flowkit.errors import ManifestError
 
 STATE_DIR = ".flowkit"
@@ -30,21 +31,6 @@ def config_hash(config: Mapping[str, Any]) -> str:
     """Stable short hash of the output-defining config (sorted JSON)."""
     blob = json.dumps(config, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to a temporary sibling, fsync, and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def safe_name(unit_id: str) -> str:

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any
 
 import h5py
 import numpy as np
 
+from flowkit.atomic import atomic_write
 from flowkit.errors import FlowkitError
 
 INDEX_NAME = "index.json"
@@ -401,20 +402,6 @@ def _more(count: int) -> str:
     return f" (and {count} more)" if count > 0 else ""
 
 
-def _write_atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Write through ``write(fh)`` into a tmp file beside ``path``, fsync, then rename over it."""
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_index(out_dir: Path, mapping: Mapping[str, str]) -> Path:
     """Atomically write ``<out_dir>/index.json`` mapping each video id to its shard file name."""
     for video_id, shard in mapping.items():
@@ -425,7 +412,7 @@ def write_index(out_dir: Path, mapping: Mapping[str, str]) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / INDEX_NAME
     text = json.dumps(dict(sorted(mapping.items())), indent=1, ensure_ascii=False)
-    _write_atomic(path, lambda fh: fh.write((text + "\n").encode("utf-8")))
+    atomic_write(path, lambda fh: fh.write((text + "\n").encode("utf-8")))
     return path
 
 
@@ -512,5 +499,5 @@ def write_npy_features(out_dir: Path, video_id: str, array: np.ndarray) -> Path:
     path = Path(out_dir) / f"{_check_video_id(video_id)}.npy"
     path.parent.mkdir(parents=True, exist_ok=True)
     # np.save gets a file object: given a name it would append ".npy" to the tmp name.
-    _write_atomic(path, lambda fh: np.save(fh, np.asarray(array), allow_pickle=False))
+    atomic_write(path, lambda fh: np.save(fh, np.asarray(array), allow_pickle=False))
     return path

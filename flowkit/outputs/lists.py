@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from flowkit.jobs.manifest import atomic_write_text
+from flowkit.atomic import atomic_write_text
 
 log = logging.getLogger("flowkit")
 

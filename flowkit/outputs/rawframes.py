@@ -152,7 +152,7 @@ def remove_stale(final: Path) -> None:
     if not parent.is_dir():
         return
     name = glob.escape(final.name)
-    for pattern in (f".{name}.tmp-*", f".{name}.old-*"):
+    for pattern in (f".{name}.tmp-*", f".{name}.old-*", f".{name}.*.tmp"):
         for leftover in parent.glob(pattern):
             if leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 import flowkit
+from flowkit.atomic import atomic_write_text
 from flowkit.errors import ConfigError, FlowkitError, VideoError
 from flowkit.inputs import VideoItem
-from flowkit.jobs.manifest import Manifest, atomic_write_text
+from flowkit.jobs.manifest import Manifest
 from flowkit.jobs.runner import Unit, UnitResult, current_device, one_line
 from flowkit.outputs import hdf5
 from flowkit.outputs.flowfiles import FlowFolderReader

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,6 +12,7 @@ import cv2
 import numpy as np
 
 from flowkit import sampling
+from flowkit.atomic import atomic_write
 from flowkit.errors import ConfigError
 from flowkit.inputs import VideoItem
 from flowkit.jobs.manifest import Manifest
@@ -53,9 +52,7 @@ class FramesConfig:
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
-            raise ConfigError(
-                f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}"
-            )
+            raise ConfigError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
         if self.format not in FORMATS:
             raise ConfigError(f"unknown format {self.format!r}; choose from {', '.join(FORMATS)}")
         if not 1 <= self.jpeg_quality <= 100:
@@ -173,17 +170,16 @@ class FramesPipeline:
         target = self._target(video_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale(target)
-        buf = io.BytesIO()
-        np.savez(
-            buf,
-            frames=np.stack([cv2.cvtColor(f.image, cv2.COLOR_BGR2RGB) for f in kept]),
-            indices=np.asarray([f.index for f in kept], dtype=np.int64),
-            timestamps=np.asarray([f.timestamp for f in kept], dtype=np.float64),
-            groups=json.dumps(selection.groups if selection else {}),
+        atomic_write(
+            target,
+            lambda fh: np.savez(
+                fh,
+                frames=np.stack([cv2.cvtColor(f.image, cv2.COLOR_BGR2RGB) for f in kept]),
+                indices=np.asarray([f.index for f in kept], dtype=np.int64),
+                timestamps=np.asarray([f.timestamp for f in kept], dtype=np.float64),
+                groups=json.dumps(selection.groups if selection else {}),
+            ),
         )
-        tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, target)
 
     def finalize(self, manifest: Manifest) -> None:
         """Rebuild the annotation lists from every done record (all shards)."""
