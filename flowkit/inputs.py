@@ -7,6 +7,7 @@ named like a video) become items that carry their error, so the run reports them
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +73,7 @@ def _file_item(path: Path, root: Path) -> VideoItem:
         try:
             os.stat(path)
         except OSError as exc:
-            cause = "symlink loop" if exc.errno == 40 else "broken symlink (target missing)"
+            cause = "symlink loop" if exc.errno == errno.ELOOP else "broken symlink (target missing)"
             return VideoItem(vid, path, cause)
     return VideoItem(vid, path)
 

@@ -151,6 +151,8 @@ def extract_video(item: VideoItem, target: Path, cfg: FlowConfig, device: str) -
         sink.close()
     record = {"video_id": item.video_id, "source": str(item.path), "num_frames": reader.num_frames,
               "rgb": rgb, "flow": sink.count, "format": cfg.format}
+    if reader.warnings:
+        record["warnings"] = reader.warnings
     if reader.num_frames <= cfg.step:
         record["note"] = f"only {reader.num_frames} frame(s): RGB written, no flow pairs at step {cfg.step}"
         log.warning("%s: %s", item.path, record["note"])
