@@ -149,3 +149,15 @@ def test_visualize_png_and_video(tmp_path):
     assert len(pngs) == 5 and cv2.imread(str(pngs[0])).shape == (64, 128, 3)
     result = CliRunner().invoke(main, ["visualize", str(out / "v"), "-o", str(tmp_path / "viz.mp4")])
     assert result.exit_code == 0 and (tmp_path / "viz.mp4").stat().st_size > 0
+
+
+def test_option_errors_stop_before_any_work(tmp_path):
+    path = coded_video(tmp_path / "in" / "v.avi", n=3)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, ["extract-flow", str(path), "-o", str(out), "-a", "dis", "--tau", "0.3"]
+    )
+    assert result.exit_code == 2 and "do not apply to --algorithm dis" in result.output
+    result = CliRunner().invoke(main, ["extract-flow", str(path), "-o", str(out), "--device", "cpu,gpu7"])
+    assert result.exit_code == 1 and "unknown device 'gpu7'" in result.output
+    assert not out.exists()

@@ -57,7 +57,11 @@ def tvl1_params(values: dict[str, Any]) -> dict[str, Any]:
 
 def parse_devices(text: str) -> tuple[str, tuple[str, ...]]:
     """'cuda:0,cuda:1' -> one worker per device; a single device is just the engine's device."""
+    from flowkit.flow import resolve_device
+
     devices = tuple(d.strip() for d in text.split(",") if d.strip())
+    for device in devices:
+        resolve_device(device)  # a missing GPU is one clear error now, not one failure per video
     return (devices[0], ()) if len(devices) == 1 else ("auto", devices)
 
 

@@ -55,6 +55,9 @@ class FlowConfig:
             object.__setattr__(self, "algorithm", default_engine(self.device))
         if self.algorithm not in ALGORITHMS:
             raise ConfigError(f"unknown algorithm {self.algorithm!r}; choose from {', '.join(ALGORITHMS)}")
+        if self.engine_params and not self.algorithm.startswith("tvl1"):
+            raise ConfigError(f"TV-L1 options ({', '.join(sorted(self.engine_params))}) do not apply to "
+                              f"--algorithm {self.algorithm}")
         if self.format not in FLOW_FORMATS:
             raise ConfigError(f"unknown format {self.format!r}; choose from {', '.join(FLOW_FORMATS)}")
         if self.bound <= 0 or self.step < 1 or (self.batch_size is not None and self.batch_size < 1):
