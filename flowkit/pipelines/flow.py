@@ -83,8 +83,18 @@ def engine_for(cfg: FlowConfig, device: str) -> Any:
 
     key = (cfg.algorithm, device, tuple(sorted(cfg.engine_params.items())))
     if key not in _engines:
+        _match_cv2_threads()
         _engines[key] = create_engine(cfg.algorithm, device=device, **cfg.engine_params)
     return _engines[key]
+
+
+def _match_cv2_threads() -> None:
+    """Give OpenCV the thread budget torch has in this worker (loky caps it at cores // jobs), so that
+    --jobs N does not run N x cores OpenCV threads."""
+    import cv2
+    import torch
+
+    cv2.setNumThreads(torch.get_num_threads())
 
 
 def default_batch_size(device: str) -> int:
