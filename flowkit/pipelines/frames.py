@@ -144,7 +144,7 @@ class FramesPipeline:
         )
         return UnitResult(unit.uid, "done", frames=decoded, record={"rgb": count})
 
-    def _write(self, item: VideoItem, timestamps: np.ndarray | None) -> tuple[int, int, Selection]:
+    def _write(self, item: VideoItem, timestamps: np.ndarray | None) -> tuple[int, int, Selection | None]:
         reader = VideoReader(item.path, Resize(self.cfg.short_side, self.cfg.size))
         selection = None if timestamps is None else select_frames(self.cfg, timestamps)
         if selection is None:  # every --step-th frame: known without a first pass
@@ -157,11 +157,11 @@ class FramesPipeline:
             self._save_npz(item.video_id, kept, selection)
             return len(kept), reader.num_frames, selection
         layout = get_layout(self.cfg.layout)
-        chosen: list[Frame] = []
+        chosen: list[tuple[int, float]] = []  # (decoded index, timestamp) of each written frame
         with FolderWriter(self._target(item.video_id)) as writer:
             for frame in frames:
                 writer.write_image(layout.rgb_name(len(chosen)), frame.image, self.cfg.jpeg_quality)
-                chosen.append(Frame(frame.index, frame.timestamp, _NO_IMAGE))
+                chosen.append((frame.index, frame.timestamp))
             meta = _sidecar(selection, chosen, reader.num_frames, layout.first_index)
             writer.write_file("sampling.json", json.dumps(meta).encode())
         return len(chosen), reader.num_frames, selection
@@ -187,17 +187,14 @@ class FramesPipeline:
             write_lists(self.out_dir, manifest.all_done(), ["rgb"])
 
 
-_NO_IMAGE = np.empty((0, 0, 3), np.uint8)
-
-
 def _sidecar(
-    selection: Selection | None, chosen: list[Frame], decoded: int, first_index: int
+    selection: Selection | None, chosen: list[tuple[int, float]], decoded: int, first_index: int
 ) -> dict[str, Any]:
     """sampling.json beside the frames: decoded count, chosen indices/timestamps, clip structure."""
     return {
         "num_frames": decoded,
-        "indices": [f.index for f in chosen],
-        "timestamps": [f.timestamp for f in chosen],
+        "indices": [index for index, _ in chosen],
+        "timestamps": [ts for _, ts in chosen],
         "first_file_index": first_index,
         "groups": selection.groups if selection else {},
     }
