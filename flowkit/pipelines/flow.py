@@ -55,6 +55,11 @@ class FlowConfig:
             object.__setattr__(self, "algorithm", default_engine(self.device))
         if self.algorithm not in ALGORITHMS:
             raise ConfigError(f"unknown algorithm {self.algorithm!r}; choose from {', '.join(ALGORITHMS)}")
+        from flowkit.flow import list_engines
+
+        if self.algorithm not in list_engines():
+            raise ConfigError(f"--algorithm {self.algorithm} is not available here (available: "
+                              f"{', '.join(list_engines())}; tvl1-cuda-opencv needs cv2 built with CUDA)")
         if self.engine_params and not self.algorithm.startswith("tvl1"):
             raise ConfigError(f"TV-L1 options ({', '.join(sorted(self.engine_params))}) do not apply to "
                               f"--algorithm {self.algorithm}")
