@@ -8,6 +8,7 @@ B equal-size pairs run in lockstep with per-pair stopping, on CPU or CUDA with t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -20,11 +21,12 @@ import torch
 
 from flowkit.errors import ConfigError, EngineUnavailableError
 from flowkit.flow import as_pair_batch, register_engine, tvl1_cpu
+from flowkit.flow import tvl1_cuda_variant as cuda_variant
 from flowkit.flow import tvl1_ops as ops
 
 log = logging.getLogger("flowkit")
 
-PYRAMIDS = ("opencv", "opencv2.4")
+PYRAMIDS = ("opencv", "opencv2.4", "opencv-cuda")
 MIN_LEVEL_SIZE = 16  # OpenCV drops pyramid levels narrower or shorter than this
 
 
@@ -50,16 +52,23 @@ class TVL1Params:
     gamma: float = _f(0.0, "Weight of the illumination-change term (0 disables it).", min=0.0)
     median_filtering: int = _f(5, "Median filter size applied to the flow (1 disables).",
                                choices=(0, 1, 3, 5))
-    pyramid: Literal["opencv", "opencv2.4"] = _f(
-        "opencv", "'opencv': 0.8 bilinear pyramid with medians (OpenCV 3+); 'opencv2.4': Gaussian "
-        "x0.5 pyramid, 300 iterations per warp, no median (TSN-era flow).", choices=PYRAMIDS)
+    pyramid: Literal["opencv", "opencv2.4", "opencv-cuda"] = _f(
+        "opencv", "'opencv': 0.8 bilinear pyramid with medians (OpenCV 3+ CPU class); 'opencv2.4': "
+        "Gaussian x0.5 pyramid, 300 iterations per warp, no median (TSN-era flow); 'opencv-cuda': "
+        "the numerics of OpenCV's CUDA class (denseflow/dense_flow datasets): top-left aligned "
+        "resize, A=-0.5 warp, no median, inner*outer iterations per warp.", choices=PYRAMIDS)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             _check_bounds(f, getattr(self, f.name))
 
     def effective(self) -> TVL1Params:
-        """Parameters run: 'opencv2.4' means scale 0.5, one 300-iteration loop, no median."""
+        """Parameters run: 'opencv2.4' means scale 0.5, one 300-iteration loop, no median;
+        'opencv-cuda' one loop of inner*outer iterations (the CUDA `iterations`), no median."""
+        if self.pyramid == "opencv-cuda":
+            iterations = self.inner_iterations * self.outer_iterations
+            return dataclasses.replace(self, inner_iterations=iterations, outer_iterations=1,
+                                       median_filtering=1)
         if self.pyramid != "opencv2.4":
             return self
         return dataclasses.replace(self, scale_step=0.5, inner_iterations=300, outer_iterations=1,
@@ -247,8 +256,9 @@ class TVL1Engine:
 
     def _get_kernels(self) -> Kernels | None:
         if self._kernels is None and self._want_compile():
-            log.info("tvl1: compiling the kernels for %s on first use (seconds; FLOWKIT_TVL1_COMPILE=0 "
-                     "skips this and runs eager, about 2x slower)", self.device)
+            log.info("tvl1: compiling the kernels for %s on first use (seconds; "
+                     "FLOWKIT_TVL1_COMPILE=0 skips this and runs eager, about 2x slower)",
+                     self.device)
             try:
                 self._kernels = fast_kernels(self.device)
             except Exception as exc:  # torch.compile missing or broken: the eager path is exact
@@ -291,6 +301,9 @@ class _Solver:
         self.consts = (_f32(params.lambda_ * params.theta), _f32(params.theta),
                        _f32(params.tau / params.theta), _f32(params.gamma))
         self.channels = 3 if params.gamma != 0 else 2
+        self.cuda_numerics = params.pyramid == "opencv-cuda"
+        if self.cuda_numerics:  # the CUDA class's own warp kernel, on every device
+            self.warp = cuda_variant.warp_bicubic_clamped
 
     def pyramid(self, img: torch.Tensor) -> list[torch.Tensor]:
         """Levels finest first; stops before a level under 16 px (cv2's per-call truncation)."""
@@ -298,6 +311,8 @@ class _Solver:
         for _ in range(1, self.p.nscales):
             if self.p.pyramid == "opencv2.4":
                 nxt = ops.pyr_down(levels[-1])
+            elif self.cuda_numerics:
+                nxt = cuda_variant.downscale_top_left(levels[-1], self.p.scale_step)
             else:
                 nxt = ops.resize_by_factor(levels[-1], self.p.scale_step)
             if min(nxt.shape[-2:]) < MIN_LEVEL_SIZE:
@@ -338,13 +353,18 @@ class _Solver:
         for _ in range(len(pyr) - 1):
             if self.p.pyramid == "opencv2.4":
                 flow = ops.resize_to(flow, _half_size(flow)) * 0.5
+            elif self.cuda_numerics:
+                flow = (cuda_variant.downscale_top_left(flow, self.p.scale_step)
+                        * _f32(self.p.scale_step))
             else:
                 flow = ops.resize_by_factor(flow, self.p.scale_step) * _f32(self.p.scale_step)
         u[:, :2] = flow
         return u
 
     def _upsample(self, u: torch.Tensor, size: torch.Size) -> torch.Tensor:
-        up = ops.resize_to(u, (int(size[0]), int(size[1])))
+        size = (int(size[0]), int(size[1]))
+        resize = cuda_variant.upscale_top_left if self.cuda_numerics else ops.resize_to
+        up = resize(u, size)
         factor = 2.0 if self.p.pyramid == "opencv2.4" else _f32(1.0 / self.p.scale_step)
         up[:, :2] *= factor  # the illumination field (channel 2) is not a displacement
         return up
@@ -365,8 +385,11 @@ class _Solver:
             # would make dynamo recompile the kernels for single pairs.
             dense = torch.contiguous_format
             data = (i1wx.clone(memory_format=dense), i1wy.clone(memory_format=dense), grad, rho_c)
-            run = self._iterate_compact if self.compact else self._iterate_masked
-            u, p = run(u, p, data, eps)
+            if self.cuda_numerics:
+                u, p = self._iterate_cuda_schedule(u, p, data, self.p.epsilon ** 2 * w * h)
+            else:
+                run = self._iterate_compact if self.compact else self._iterate_masked
+                u, p = run(u, p, data, eps)
         return u
 
     def _median(self, u: torch.Tensor) -> torch.Tensor:
@@ -426,6 +449,34 @@ class _Solver:
                 if n % self.sync_every == 0 and not bool(active.any()):
                     break
             if not bool(active.any()):
+                break
+        self.stats["iterations"] += count.cpu()
+        self.stats["batch_iterations"] += n
+        return u, p
+
+    def _iterate_cuda_schedule(self, u, p, data, eps):
+        """One warp of the CUDA class: a single loop, the error measured only on its schedule.
+
+        Lockstep with per-pair active flags and prevError; eps is the class's float64 threshold.
+        On CPU the host checks after every measured iteration, elsewhere every `sync_every`.
+        """
+        bsz = u.shape[0]
+        active = torch.ones(bsz, dtype=torch.bool, device=u.device)
+        prev = torch.zeros(bsz, dtype=torch.float64, device=u.device)
+        count = torch.zeros(bsz, dtype=torch.float64, device=u.device)
+        every = 2 if u.device.type == "cpu" else self.sync_every
+        n = 0
+        while n < self.p.inner_iterations:
+            un, pn, _ = self.step(u, p, *data, self.consts)
+            measure = functools.partial(cuda_variant.flow_update_error, un, u)
+            err, prev = cuda_variant.error_schedule(n, prev, eps, self.p.epsilon, measure)
+            u = torch.where(active.view(-1, 1, 1, 1), un, u)
+            p = torch.where(active.view(-1, 1, 1, 1, 1), pn, p)
+            count += active
+            active = active & (err > eps)
+            n += 1
+            # Pairs can only stop after an odd (0-based) iteration, i.e. when n is even here.
+            if n % 2 == 0 and n % every == 0 and not bool(active.any()):
                 break
         self.stats["iterations"] += count.cpu()
         self.stats["batch_iterations"] += n
