@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from flowkit.models import create_model
 from flowkit.synthetic import moving_video
 
 
@@ -35,3 +36,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def weights(tmp_path: Path) -> Path:
+    """Seeded c3d_test weights in a file, so feature runs in different processes give the same numbers."""
+    model = create_model("c3d_test")
+    torch.manual_seed(0)
+    for p in model.parameters():
+        p.data.normal_(0, 0.05)
+    path = tmp_path / "c3d_test.pt"
+    torch.save(model.state_dict(), path)
+    return path

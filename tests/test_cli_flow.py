@@ -9,16 +9,13 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from clirun import run
 
 from flowkit.cli import main
 from flowkit.flow import create_engine
 from flowkit.flow.quantize import dequantize, quantize
 from flowkit.synthetic import moving_frames, write_video
 from flowkit.video import read_all, to_gray
-
-
-def run(*args):
-    return CliRunner().invoke(main, [*map(str, args), "--quiet"])
 
 
 def coded_video(path, n=6, dx=1.0, dy=0.5):

@@ -7,12 +7,9 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from clirun import run
 
 from flowkit.cli import main
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, [*map(str, args), "--quiet"])
 
 
 @pytest.fixture

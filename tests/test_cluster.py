@@ -13,20 +13,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
-from click.testing import CliRunner
+from clirun import run
 
-from flowkit.cli import main
 from flowkit.jobs.manifest import Manifest, RunLock
-from flowkit.models import create_model
 from flowkit.outputs.hdf5 import list_videos, load_index, read_video
 
 IDS = ["a/v0", "a/v1", "b/v2", "b/v3", "c/v4"]
-
-
-def run(*args: object, env: dict[str, str | None] | None = None):
-    quiet = ["--quiet"] if args[0] not in ("status", "merge") else []
-    return CliRunner(env=env).invoke(main, [*map(str, args), *quiet])
 
 
 @pytest.fixture
@@ -36,16 +28,6 @@ def videos(make_video, tmp_path):
     return tmp_path / "in"
 
 
-@pytest.fixture
-def weights(tmp_path):
-    """Seeded c3d_test weights, so feature runs in different processes give the same numbers."""
-    model = create_model("c3d_test")
-    torch.manual_seed(0)
-    for p in model.parameters():
-        p.data.normal_(0, 0.05)
-    path = tmp_path / "c3d_test.pt"
-    torch.save(model.state_dict(), path)
-    return path
 
 
 COMMANDS = {

@@ -16,12 +16,10 @@ from pathlib import Path
 
 import h5py
 import pytest
-import torch
 from click.testing import CliRunner
 
 from flowkit.cli import main
 from flowkit.jobs.manifest import Manifest
-from flowkit.models import create_model
 from flowkit.outputs.hdf5 import load_index, read_video, verify_shard
 
 TEMP_MARKERS = (".tmp", ".old-", ".prev")
@@ -102,15 +100,6 @@ def test_extract_flow_survives_sigkill(make_video, tmp_path):
     assert len(Manifest(out).all_done()) == 4
 
 
-@pytest.fixture
-def weights(tmp_path):
-    model = create_model("c3d_test")
-    torch.manual_seed(0)
-    for p in model.parameters():
-        p.data.normal_(0, 0.05)
-    path = tmp_path / "c3d_test.pt"
-    torch.save(model.state_dict(), path)
-    return path
 
 
 @pytest.mark.slow

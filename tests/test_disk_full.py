@@ -8,18 +8,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from clirun import run
 
-from flowkit.cli import main
 from flowkit.jobs.manifest import Manifest
 from flowkit.outputs import rawframes
 from flowkit.outputs.hdf5 import list_videos, read_video, verify_shard
 
 TEMP_MARKERS = (".tmp", ".old-", ".prev")
-
-
-def run(*args: object):
-    return CliRunner().invoke(main, [*map(str, args), "--quiet"])
 
 
 def enospc_after(limit: int, real):

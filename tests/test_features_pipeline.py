@@ -9,14 +9,11 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from clirun import run
 
 from flowkit.cli import main
 from flowkit.models import create_model
 from flowkit.outputs.hdf5 import list_videos, load_index, read_video
-
-
-def run(*args):
-    return CliRunner().invoke(main, [*map(str, args), "--quiet"])
 
 
 @pytest.fixture
