@@ -7,6 +7,10 @@ interpreter runs each program in NumPy); small tiles put tile seams inside the i
 
 from __future__ import annotations
 
+import re
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -20,8 +24,8 @@ CONSTS = dict(l_t=0.15 * 0.3, theta=0.3, taut=0.25 / 0.3)
 
 @pytest.fixture
 def tile(monkeypatch: pytest.MonkeyPatch):
-    """Set the kernels' tile size for one test (small tiles: seams inside the image)."""
-    return lambda rows, cols: monkeypatch.setattr(tt, "TILE", (rows, cols))
+    """Set the interpreted kernels' tile size for one test (small tiles: seams inside images)."""
+    return lambda rows, cols: monkeypatch.setattr(tt, "INTERPRETER_TILE", (rows, cols))
 
 
 def reference_iterations(state, data, n, active, err, *, k, inner, max_iters, median, eps, l_t,
@@ -85,9 +89,11 @@ def test_iterations_mixed_slots_match_oracle_and_keep_stopped_state(tile) -> Non
     assert got[3][3] == 0.0
 
 
-def test_iterations_across_tile_seams_match_oracle(tile) -> None:
-    """Several tiles per slot: halo recomputation, 3x3 medians and the residual partials."""
+def test_iterations_across_tile_seams_match_oracle(tile, monkeypatch) -> None:
+    """Several tiles per slot: halo recomputation, 3x3 medians, the residual partials summed in
+    chunks (3 chunks of 2 tiles)."""
     tile(16, 32)
+    monkeypatch.setattr(tt, "FINALISE_CHUNK", 2)
     state, data = _random_slots(2, 37, 53, seed=2)
     n = torch.tensor([2, 5], dtype=torch.int32)
     active = torch.ones(2, dtype=torch.int32)
@@ -166,8 +172,20 @@ def test_bytes_model_meets_the_64_byte_goal() -> None:
     assert tt.bytes_model(256, 340)["warp_data"] == 40
 
 
+def _ptxas_spills(ptx: str, tmp_path) -> int:
+    """Spill bytes that Triton's bundled ptxas reports for the kernel (sm_90a)."""
+    import triton.backends.nvidia as nv
+
+    src = tmp_path / "kernel.ptx"
+    src.write_text(ptx)
+    info = subprocess.run([str(Path(nv.__file__).parent / "bin" / "ptxas"), "-arch=sm_90a", "-v",
+                           str(src), "-o", str(tmp_path / "kernel.cubin")],
+                          capture_output=True, text=True, check=True).stderr
+    return sum(int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", info))
+
+
 @pytest.mark.slow
-def test_kernels_compile_for_sm90_without_fma() -> None:
+def test_kernels_compile_for_sm90_without_fma(tmp_path: Path) -> None:
     """Compile every kernel to an sm_90 cubin (no GPU needed): FMA off, IEEE division, the
     acquire-release counter of the last-tile finalisation present."""
     triton = pytest.importorskip("triton")
@@ -182,10 +200,11 @@ def test_kernels_compile_for_sm90_without_fma() -> None:
             dict(state=p, data=p, n_ptr="*i32", active_ptr="*i32", err_ptr=p, part_ptr="*fp64",
                  arrive_ptr="*i32", B=i, H=i, W=i, tiles_w=i, n_tiles=i, inner=i, max_iters=i,
                  eps=f, l_t=f, theta=f, taut=f),
-            dict(K=5, BH=16, BW=64, TILES_POW2=128)),
+            dict(K=5, BH=tt.TILE[0], BW=tt.TILE[1], FIN=tt.FINALISE_CHUNK)),
         kern.warp_data_kernel: (dict(src=p, u=p, i0=p, data=p, H=i, W=i, tiles_w=i),
-                                dict(BH=16, BW=64)),
-        kern.median_kernel: (dict(src=p, dst=p, H=i, W=i, tiles_w=i), dict(K=5, BH=16, BW=64)),
+                                dict(BH=tt.TILE[0], BW=tt.TILE[1])),
+        kern.median_kernel: (dict(src=p, dst=p, H=i, W=i, tiles_w=i),
+                             dict(K=5, BH=tt.TILE[0], BW=tt.TILE[1])),
     }
     for fn, (sig, consts) in signatures.items():
         sig.update({name: "constexpr" for name in consts})
@@ -198,6 +217,7 @@ def test_kernels_compile_for_sm90_without_fma() -> None:
             assert "div.rn.f32" in ptx and "div.full" not in ptx
             assert "atom.global.gpu.acq_rel.add" in ptx and "ld.volatile" in ptx
             assert ptx.count("min.f32") >= 6 * 101  # the 5x5 median network, at 3 positions
+            assert _ptxas_spills(ptx, tmp_path) == 0  # one pixel per thread: no spilling
 
 
 @pytest.mark.gpu

@@ -230,8 +230,7 @@ def _norm(taut, gx, gy):
 @triton.jit
 def iteration_kernel(state, data, n_ptr, active_ptr, err_ptr, part_ptr, arrive_ptr,
                      B, H, W, tiles_w, n_tiles, inner, max_iters, eps, l_t, theta, taut,
-                     K: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
-                     TILES_POW2: tl.constexpr):
+                     K: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr, FIN: tl.constexpr):
     """One TV-L1 iteration of every active slot b = program_id(1), tile = program_id(0).
 
     Reads buffer n[b] % 2 of the state, writes buffer (n[b] + 1) % 2 (ping-pong: neighbouring
@@ -282,10 +281,15 @@ def iteration_kernel(state, data, n_ptr, active_ptr, err_ptr, part_ptr, arrive_p
         tl.store(part_ptr + b * n_tiles + tile, _sum(_sum(sq, 1), 0))
         tl.debug_barrier()
         if tl.atomic_add(arrive_ptr + b, 1, sem="acq_rel") == n_tiles - 1:
-            t = tl.arange(0, TILES_POW2)
-            parts = tl.load(part_ptr + b * n_tiles + t, mask=t < n_tiles, other=0.0,
-                            volatile=True)
-            err = _sum(parts, 0).to(tl.float32)
+            # fixed chunks in a fixed order: deterministic, and few registers at any image size
+            parts = part_ptr + b * n_tiles
+            t = tl.arange(0, FIN)
+            total = _sum(tl.load(parts + t, mask=t < n_tiles, other=0.0, volatile=True), 0)
+            for first in range(FIN, n_tiles, FIN):
+                chunk = tl.load(parts + first + t, mask=first + t < n_tiles, other=0.0,
+                                volatile=True)
+                total += _sum(chunk, 0)
+            err = total.to(tl.float32)
             tl.store(err_ptr + b, err)
             tl.store(n_ptr + b, n + 1)
             tl.store(active_ptr + b, ((err > eps) & (n + 1 < max_iters)).to(tl.int32))
