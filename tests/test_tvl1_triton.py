@@ -104,6 +104,16 @@ def test_iterations_across_tile_seams_match_oracle(tile, monkeypatch) -> None:
     np.testing.assert_allclose(got[3].numpy(), ref[3].numpy(), rtol=1e-5)
 
 
+def test_iterations_without_median_match_oracle(tile) -> None:
+    tile(32, 64)
+    state, data = _random_slots(2, 19, 23, seed=7)
+    n, active = torch.tensor([0, 30], dtype=torch.int32), torch.ones(2, dtype=torch.int32)
+    got, ref = _run_both(state, data, n, active, k=2, inner=30, max_iters=300, median=1,
+                         eps=1e-3, **CONSTS)
+    assert got[1].tolist() == ref[1].tolist() == [2, 32]
+    np.testing.assert_allclose(got[0].numpy(), ref[0].numpy(), rtol=0, atol=1e-5)
+
+
 def test_warp_data_and_iterations_on_a_real_pair_match_the_oracle(tile) -> None:
     """flowdata pair: the fused warp gives tvl1.py's (i1wx, i1wy, grad, rho_c), then iterations."""
     tile(64, 64)

@@ -173,8 +173,10 @@ def tvl1_iterations(state: torch.Tensor, data: torch.Tensor, n: torch.Tensor,
     for name, t, dtype in (("n", n, torch.int32), ("active", active, torch.int32),
                            ("err", err, torch.float32)):
         _check(t, name, (bsz,), dtype)
-    if median not in (0, 1, 3, 5):
-        raise ValueError(f"median must be 0, 1, 3 or 5, got {median}")
+    if median not in (0, 1, 3, 5) or inner < 1:
+        raise ValueError(f"median must be 0, 1, 3 or 5 and inner >= 1, got {median}, {inner}")
+    if bsz == 0 or k <= 0:
+        return
     kern = kernels_for(state.device)
     tile = _tile(state.device)
     tiles_w, n_tiles = _grid_tiles(h, w, tile)
@@ -198,6 +200,8 @@ def tvl1_warp_data(src: torch.Tensor, u: torch.Tensor, i0: torch.Tensor) -> torc
     _check(u, "u", (bsz, 2, h, w), torch.float32)
     _check(i0, "i0", (bsz, h, w), torch.float32)
     data = torch.empty(bsz, 4, h, w, dtype=torch.float32, device=src.device)
+    if bsz == 0:
+        return data
     tile = _tile(src.device)
     tiles_w, n_tiles = _grid_tiles(h, w, tile)
     _launch(kernels_for(src.device).warp_data_kernel, (n_tiles, bsz), src, u, i0, data, h, w,
@@ -212,6 +216,8 @@ def warp_cubic(src: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"flow must be {(bsz, 2, h, w)}, got {tuple(flow.shape)}")
     src, flow = src.float().contiguous(), flow.float().contiguous()
     out = torch.empty_like(src)
+    if out.numel() == 0:
+        return out
     tile = _tile(src.device)
     tiles_w, n_tiles = _grid_tiles(h, w, tile)
     _launch(kernels_for(src.device).warp_kernel, (n_tiles, bsz * chans), src, flow, out, chans,
@@ -227,6 +233,8 @@ def median_filter(x: torch.Tensor, k: int) -> torch.Tensor:
     bsz, chans, h, w = x.shape
     x = x.float().contiguous()
     out = torch.empty_like(x)
+    if out.numel() == 0:
+        return out
     tile = _tile(x.device)
     tiles_w, n_tiles = _grid_tiles(h, w, tile)
     _launch(kernels_for(x.device).median_kernel, (n_tiles, bsz * chans), x, out, h, w, tiles_w,
