@@ -159,6 +159,24 @@ def test_warp_cubic_matches_oracle(tile, scale: float) -> None:
         assert (ours == 0).any()  # far outside: every tap reads the zero border
 
 
+def test_iteration_graph_runs_the_same_iterations_off_cuda(tile) -> None:
+    """Off CUDA an IterationGraph call is tvl1_iterations (same result, k launches)."""
+    tile(32, 64)
+    state, data = _random_slots(1, 19, 23, seed=8)
+    kw = dict(inner=30, max_iters=300, median=1, eps=1e-3, **CONSTS)
+    one = [state.clone(), data, torch.zeros(1, dtype=torch.int32),
+           torch.ones(1, dtype=torch.int32), torch.zeros(1)]
+    two = [t.clone() for t in one]
+    tt._iteration_launch(*one, **kw, dry_run=True)  # the pre-capture launch changes nothing
+    assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
+    run = tt.IterationGraph(*one, k=2, **kw)
+    with tt.count_launches() as counter:
+        run()
+    tt.tvl1_iterations(*two, k=2, **kw)
+    assert counter.by_kernel == {"iteration_kernel": 2}
+    assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
+
+
 def test_argument_checks() -> None:
     state, data = _random_slots(2, 8, 9, seed=5)
     n = active = torch.ones(2, dtype=torch.int32)
@@ -244,6 +262,13 @@ def test_cuda_kernels_match_the_oracle_on_the_gpu() -> None:
     tt.tvl1_iterations(*got, **kw)
     assert torch.equal(got[2], ref[2]) and torch.equal(got[3], ref[3])
     torch.testing.assert_close(got[0], ref[0], rtol=0, atol=1e-4)
+    graphed = [state.clone(), data, n.clone(), active.clone(), torch.zeros(6, device="cuda")]
+    run = tt.IterationGraph(*graphed, **kw)
+    assert torch.equal(graphed[0], state)  # recording runs nothing
+    with tt.count_launches() as counter:
+        run()
+    assert counter.by_kernel == {"iteration_graph": 1}
+    assert all(torch.equal(a, b) for a, b in zip(graphed, got, strict=True))
     src = torch.rand(2, 3, 61, 83, device="cuda") * 255
     flow = torch.randn(2, 2, 61, 83, device="cuda") * 3
     torch.testing.assert_close(tt.warp_cubic(src, flow), ops.warp_cubic(src, flow), rtol=0,

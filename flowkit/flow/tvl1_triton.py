@@ -39,7 +39,8 @@ INTERPRETER_TILE = (32, 64)
 
 
 class LaunchCounter:
-    """Counts Triton kernel launches, in total and per kernel name."""
+    """Counts host-side launches, in total and per kernel name (a CUDA-graph replay of k
+    iterations counts once, as "iteration_graph")."""
 
     def __init__(self) -> None:
         self.launches = 0
@@ -52,6 +53,11 @@ class LaunchCounter:
 
 _TOTAL = LaunchCounter()
 _ACTIVE_COUNTERS: list[LaunchCounter] = []
+
+
+def _count(name: str) -> None:
+    for counter in (_TOTAL, *_ACTIVE_COUNTERS):
+        counter.add(name)
 
 
 def launch_count() -> int:
@@ -70,10 +76,11 @@ def count_launches() -> Iterator[LaunchCounter]:
         _ACTIVE_COUNTERS.remove(counter)
 
 
-def _launch(kernel: Any, grid: tuple[int, ...], *args: Any, **meta: Any) -> None:
-    name = getattr(kernel, "__name__", "kernel")
-    for counter in (_TOTAL, *_ACTIVE_COUNTERS):
-        counter.add(name)
+def _launch(kernel: Any, grid: tuple[int, ...], *args: Any, count: bool = True,
+            **meta: Any) -> None:
+    """Launch a kernel (FMA fusion off) and count it as one host-side launch."""
+    if count:
+        _count(getattr(kernel, "__name__", "kernel"))
     kernel[grid](*args, **meta, num_warps=NUM_WARPS, enable_fp_fusion=False)
 
 
@@ -167,6 +174,15 @@ def tvl1_iterations(state: torch.Tensor, data: torch.Tensor, n: torch.Tensor,
     One kernel launch per iteration: a launch cannot run the next iteration, which needs the
     slot's grid-wide err and the neighbours' new u.
     """
+    launch = _iteration_launch(state, data, n, active, err, inner=inner, max_iters=max_iters,
+                               median=median, eps=eps, l_t=l_t, theta=theta, taut=taut)
+    for _ in range(k if launch else 0):
+        launch()
+
+
+def _iteration_launch(state, data, n, active, err, *, inner, max_iters, median, eps, l_t, theta,
+                      taut, dry_run: bool = False):
+    """Check the arguments; return a function launching one iteration (None for an empty pool)."""
     _, bsz, _, h, w = state.shape
     _check(state, "state", (2, bsz, 6, h, w), torch.float32)
     _check(data, "data", (bsz, 4, h, w), torch.float32)
@@ -175,17 +191,53 @@ def tvl1_iterations(state: torch.Tensor, data: torch.Tensor, n: torch.Tensor,
         _check(t, name, (bsz,), dtype)
     if median not in (0, 1, 3, 5) or inner < 1:
         raise ValueError(f"median must be 0, 1, 3 or 5 and inner >= 1, got {median}, {inner}")
-    if bsz == 0 or k <= 0:
-        return
-    kern = kernels_for(state.device)
+    if bsz == 0:
+        return None
+    kernel = kernels_for(state.device).iteration_kernel
     tile = _tile(state.device)
     tiles_w, n_tiles = _grid_tiles(h, w, tile)
     part, arrive = _scratch(state.device, bsz, n_tiles)
-    for _ in range(k):
-        _launch(kern.iteration_kernel, (n_tiles, bsz), state, data, n, active, err, part, arrive,
-                bsz, h, w, tiles_w, n_tiles, inner, max_iters, float(eps), float(l_t),
-                float(theta), float(taut), K=max(1, median), BH=tile[0], BW=tile[1],
-                FIN=FINALISE_CHUNK)
+    args = (state, data, n, active, err, part, arrive, bsz, h, w, tiles_w, n_tiles, inner,
+            max_iters, float(eps), float(l_t), float(theta), float(taut))
+    meta = dict(K=max(1, median), BH=tile[0], BW=tile[1], FIN=FINALISE_CHUNK)
+    if dry_run:  # compile and load the kernel outside a graph capture, changing nothing:
+        # with every slot inactive each program returns after reading its flag
+        idle = (*args[:3], torch.zeros_like(active), *args[4:])
+        _launch(kernel, (n_tiles, bsz), *idle, count=False, **meta)
+    return lambda count=True: _launch(kernel, (n_tiles, bsz), *args, count=count, **meta)
+
+
+class IterationGraph:
+    """k fused iterations of one pool recorded once as a CUDA graph; each call replays them.
+
+    Removes the per-launch host cost (the Triton launcher takes microseconds per kernel, more
+    than a small level's iteration takes on the GPU). The tensors are bound at construction: the
+    scheduler refills them in place. On other devices a call just runs tvl1_iterations.
+    """
+
+    def __init__(self, state: torch.Tensor, data: torch.Tensor, n: torch.Tensor,
+                 active: torch.Tensor, err: torch.Tensor, *, k: int, **params: Any) -> None:
+        self.k = k
+        self._tensors = (state, data, n, active, err)
+        self._params = params
+        self._graph = None
+        if state.device.type != "cuda" or k <= 0:
+            return
+        launch = _iteration_launch(*self._tensors, **params, dry_run=True)
+        if launch is None:
+            return
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph):
+            for _ in range(k):
+                launch(count=False)  # recorded, not run: the replays are counted
+
+    def __call__(self) -> None:
+        """Run the k iterations (one graph launch on CUDA, k kernel launches elsewhere)."""
+        if self._graph is None:
+            tvl1_iterations(*self._tensors, k=self.k, **self._params)
+            return
+        self._graph.replay()
+        _count("iteration_graph")  # one host launch running k iteration kernels
 
 
 def tvl1_warp_data(src: torch.Tensor, u: torch.Tensor, i0: torch.Tensor) -> torch.Tensor:
