@@ -104,7 +104,7 @@ def test_iterations_across_tile_seams_match_oracle(tile, monkeypatch) -> None:
     np.testing.assert_allclose(got[3].numpy(), ref[3].numpy(), rtol=1e-5)
 
 
-def test_iterations_without_median_match_oracle(tile) -> None:
+def test_iterations_without_median_match_oracle_and_batch_equals_single(tile) -> None:
     tile(32, 64)
     state, data = _random_slots(2, 19, 23, seed=7)
     n, active = torch.tensor([0, 30], dtype=torch.int32), torch.ones(2, dtype=torch.int32)
@@ -112,6 +112,11 @@ def test_iterations_without_median_match_oracle(tile) -> None:
                          eps=1e-3, **CONSTS)
     assert got[1].tolist() == ref[1].tolist() == [2, 32]
     np.testing.assert_allclose(got[0].numpy(), ref[0].numpy(), rtol=0, atol=1e-5)
+    # batch == single, bit for bit: a slot's result does not depend on the other slots
+    alone = [state[:, 1:].clone(), data[1:].contiguous(), n[1:].clone(), active[1:].clone(),
+             torch.zeros(1)]
+    tt.tvl1_iterations(*alone, k=2, inner=30, max_iters=300, median=1, eps=1e-3, **CONSTS)
+    assert torch.equal(alone[0][:, 0], got[0][:, 1]) and alone[4][0] == got[3][1]
 
 
 def test_warp_data_and_iterations_on_a_real_pair_match_the_oracle(tile) -> None:
