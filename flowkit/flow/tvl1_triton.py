@@ -1,7 +1,7 @@
 """Fused Triton kernels for the GPU TV-L1 scheduler: iterations, cubic warp, median.
 
-The functions take and return torch tensors with the contracts of /work/notes/tvl1-interface.md
-(the scheduler's side) and reproduce the eager oracle in tvl1_ops. On CUDA the kernels are
+The functions take and return torch tensors in the layouts the continuous-batching scheduler keeps
+(slot pools, see tvl1_iterations) and reproduce the eager oracle in tvl1_ops. On CUDA the kernels are
 compiled; on CPU tensors they run through Triton's interpreter (an interpreted copy of
 tvl1_triton_kernels is loaded, because Triton reads TRITON_INTERPRET when a kernel is decorated),
 which is how the tests prove them without a GPU. FMA contraction is disabled at every launch so
