@@ -119,14 +119,46 @@ def test_iterations_without_median_match_oracle_and_batch_equals_single(tile) ->
     assert torch.equal(alone[0][:, 0], got[0][:, 1]) and alone[4][0] == got[3][1]
 
 
-def test_warp_data_and_iterations_on_a_real_pair_match_the_oracle(tile) -> None:
-    """flowdata pair: the fused warp gives tvl1.py's (i1wx, i1wy, grad, rho_c), then iterations."""
-    tile(64, 64)
-    frames = [moved_pair(37, 53, dx, dy, angle=1.0, seed=s)[:2] for s, (dx, dy) in
-              enumerate([(1.3, -0.6), (-0.4, 2.2)])]
+def _real_data(h: int, w: int, motions: list[tuple[float, float]]):
+    """(i0, src, data at u = 0) for flowdata pairs, the data made by the eager oracle."""
+    frames = [moved_pair(h, w, dx, dy, angle=1.0, seed=s)[:2] for s, (dx, dy) in
+              enumerate(motions)]
     i0 = torch.from_numpy(np.stack([f[0] for f in frames])).float()
     i1 = torch.from_numpy(np.stack([f[1] for f in frames])).float()[:, None]
     src = torch.cat([i1, *ops.centered_gradient(i1)], dim=1)
+    warped = ops.warp_cubic(src, torch.zeros(len(motions), 2, h, w))
+    wx, wy = warped[:, 1], warped[:, 2]
+    return i0, src, torch.stack([wx, wy, wx * wx + wy * wy, warped[:, 0] - i0], dim=1)
+
+
+def test_a_slot_converging_mid_call_keeps_the_state_of_its_last_iteration(tile) -> None:
+    """eps between slot 0's 2nd and 3rd errors: slot 0 stops after iteration 3 of 4 (cv2: the
+    error of iteration i decides iteration i + 1) while slot 1, moving more, runs on."""
+    tile(32, 64)
+    _, _, data = _real_data(19, 23, [(0.3, -0.2), (1.5, 1.0)])
+    start = (torch.zeros(2, 2, 6, 19, 23), data, torch.zeros(2, dtype=torch.int32),
+             torch.ones(2, dtype=torch.int32))
+    kw = dict(inner=30, max_iters=300, median=1, **CONSTS)
+    trace = [start[0].clone(), data, start[2].clone(), start[3].clone(), torch.zeros(2)]
+    errs, states = [], []
+    for _ in range(4):
+        reference_iterations(*trace, k=1, eps=0.0, **kw)
+        errs.append(trace[4].clone())
+        states.append(trace[0][int(trace[2][0]) % 2, 0].clone())
+    eps = float((errs[1][0] + errs[2][0]) / 2)
+    assert errs[2][0] < eps < errs[1][0] < errs[0][0]  # the premise
+    assert min(e[1] for e in errs) > eps
+    got, ref = _run_both(*start, k=4, eps=eps, **kw)
+    assert got[1].tolist() == ref[1].tolist() == [3, 4]
+    assert got[2].tolist() == ref[2].tolist() == [0, 1]
+    np.testing.assert_allclose(got[0].numpy(), ref[0].numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got[0][1, 0].numpy(), states[2].numpy(), rtol=0, atol=1e-5)
+
+
+def test_warp_data_and_iterations_on_a_real_pair_match_the_oracle(tile) -> None:
+    """flowdata pair: the fused warp gives tvl1.py's (i1wx, i1wy, grad, rho_c), then iterations."""
+    tile(64, 64)
+    i0, src, _ = _real_data(37, 53, [(1.3, -0.6), (-0.4, 2.2)])
     u = torch.randn(2, 2, 37, 53, generator=torch.Generator().manual_seed(3)) * 1.5
     data = tt.tvl1_warp_data(src, u, i0)
     warped = ops.warp_cubic(src, u)
