@@ -78,10 +78,13 @@ def count_launches() -> Iterator[LaunchCounter]:
 
 def _launch(kernel: Any, grid: tuple[int, ...], *args: Any, count: bool = True,
             **meta: Any) -> None:
-    """Launch a kernel (FMA fusion off) and count it as one host-side launch."""
+    """Launch a kernel (FMA fusion off) on its tensors' device; count one host-side launch."""
     if count:
         _count(getattr(kernel, "__name__", "kernel"))
-    kernel[grid](*args, **meta, num_warps=NUM_WARPS, enable_fp_fusion=False)
+    device = args[0].device
+    scope = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with scope:  # Triton launches on the current CUDA device
+        kernel[grid](*args, **meta, num_warps=NUM_WARPS, enable_fp_fusion=False)
 
 
 # ------------------------------------------------------------------------------------------------
