@@ -252,10 +252,12 @@ def test_rerun_after_failure_reuses_finished_videos(videos, tmp_path):
     before = read_video(shard, "a/long")["datasets"]["features"]
     bad.unlink()
     second = run("features", videos, "-o", out, "--model", "c3d_test", "--random-weights")
-    assert second.exit_code == 0 and "done 1" in second.output
+    # Nothing to recompute: the shard is only rebuilt without the removed video.
+    assert second.exit_code == 0 and "done 0, skipped 3" in second.output
+    assert list_videos(shard) == ["a/long", "a/mid", "b/short"]
     np.testing.assert_array_equal(read_video(shard, "a/long")["datasets"]["features"], before)
     third = run("features", videos, "-o", out, "--model", "c3d_test", "--random-weights")
-    assert "done 0, skipped 1" in third.output
+    assert "done 0, skipped 3" in third.output
 
 
 def test_npy_format_and_merge(videos, tmp_path):
@@ -307,3 +309,18 @@ def test_config_errors_are_one_line(videos, tmp_path):
         ],
     )
     assert result.exit_code == 2 and "at least 9 frames" in result.output
+
+
+def test_units_are_videos_and_two_jobs_start_two_workers(make_video, tmp_path):
+    for k in range(4):
+        make_video(f"in/v{k}.mp4", n=16, seed=k)
+    out = tmp_path / "out"
+    args = ["features", tmp_path / "in", "-o", out, "--model", "c3d_test", "--random-weights"]
+    result = run(*args, "-j", "2", "--backend", "threading")
+    assert result.exit_code == 0, result.output
+    assert "done 4, skipped 0" in result.output  # 4 videos, one shard
+    assert list_videos(out / "c3d_test-00000-of-00001.h5") == ["v0", "v1", "v2", "v3"]
+    logs = {p.name for p in (out / ".flowkit" / "events").iterdir() if '"start"' in p.read_text()}
+    assert len(logs) == 2  # both workers took videos
+    status = run("status", out)
+    assert "units: 4 total, 4 done" in status.output

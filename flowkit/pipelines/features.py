@@ -1,8 +1,8 @@
 """`flowkit features`: C3D / I3D features per temporal window into HDF5 shards (or one npy per video).
 
-A unit of work is one shard of consecutive videos, named from its position only; the shard is written
-to a temporary file and renamed when every video was attempted. A rerun redoes a shard that had failed
-videos, copying the finished videos from the old file instead of recomputing them.
+A unit of work is one video; videos are grouped into shards of consecutive videos named from their
+position only. A finished video waits as a part until every video of its shard was attempted, then the
+shard is assembled (tmp + rename). A rerun redoes only the failed or unfinished videos.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 
 import flowkit
 from flowkit.atomic import atomic_write_text
-from flowkit.errors import ConfigError, FlowkitError, VideoError
+from flowkit.errors import ConfigError, VideoError
 from flowkit.inputs import VideoItem
 from flowkit.jobs.manifest import Manifest
 from flowkit.jobs.runner import Unit, UnitResult, current_device, one_line
@@ -27,6 +27,7 @@ from flowkit.outputs import hdf5
 from flowkit.outputs.flowfiles import FlowFolderReader
 from flowkit.outputs.rawframes import get_layout
 from flowkit.pipelines.extractor import Extractor, check_amp, extractor_for
+from flowkit.pipelines.featureshards import ShardParts, plan_shards
 from flowkit.pipelines.stages import prefetch
 from flowkit.pipelines.windows import Window, WindowAssembler, WindowPlan, plan_windows
 from flowkit.video import Resize, VideoReader, scan_timestamps
@@ -294,11 +295,16 @@ def _frame_geometry(spec: Any) -> Resize:
 
 @dataclass
 class FeaturesPipeline:
-    """The runner's view of `flowkit features`."""
+    """The runner's view of `flowkit features`: one unit per video, outputs grouped into shards.
+
+    A finished video waits as a part in OUT/.flowkit until every video of its shard was attempted; the
+    finalize step then assembles the shard (see :mod:`flowkit.pipelines.featureshards`).
+    """
 
     cfg: FeaturesConfig
     out_dir: Path
     command: str = "features"
+    shard_count: int = 1
 
     def output_config(self) -> dict[str, Any]:
         """See Pipeline.output_config."""
@@ -310,29 +316,24 @@ class FeaturesPipeline:
         return self.cfg.shard_name or self.cfg.model
 
     def make_units(self, items: Sequence[VideoItem]) -> list[Unit]:
-        """Consecutive videos grouped into shards named by position (one unit per video for npy)."""
+        """One unit per video; a video's index is its feature shard's, so --shard i/N keeps shards whole."""
         if self.cfg.format == "npy":
             return [Unit(item.video_id, k, (item,)) for k, item in enumerate(items)]
         per = self.cfg.videos_per_shard
-        count = max(1, math.ceil(len(items) / per))
-        return [
-            Unit(hdf5.shard_filename(self.name, s, count), s, tuple(items[s * per : (s + 1) * per]))
-            for s in range(count)
-            if items[s * per : (s + 1) * per]
-        ]
+        self.shard_count = max(1, math.ceil(len(items) / per))
+        return [Unit(item.video_id, k // per, (item,)) for k, item in enumerate(items)]
+
+    def _shard_of(self, unit: Unit) -> str:
+        return hdf5.shard_filename(self.name, unit.index, self.shard_count)
 
     def is_done(self, unit: Unit, manifest: Manifest) -> bool:
-        """Done record without failures and a shard (or npy files) that verifies."""
+        """Done record, and the video's features in place (its part, or its shard, verifying)."""
         record = manifest.read_done(unit.uid)
         if record is None or record.get("failed"):
             return False
         if self.cfg.format == "npy":
             return all((self.out_dir / f).is_file() for f in record.get("files", []))
-        try:
-            hdf5.verify_shard(self.out_dir / unit.uid, expected=record["videos"])
-        except (FlowkitError, OSError, KeyError):
-            return False
-        return True
+        return ShardParts(manifest).holds(unit.uid, self._shard_of(unit))
 
     def _features(self) -> VideoFeatures:
         cfg = self.cfg
@@ -361,67 +362,33 @@ class FeaturesPipeline:
         return attrs
 
     def process(self, unit: Unit, manifest: Manifest) -> UnitResult:
-        """Compute one shard (or npy video), reusing finished videos of a previous attempt."""
-        previous = manifest.read_done(unit.uid)
+        """Compute one video: its part (hdf5) or its npy files, then its done record."""
+        item = unit.items[0]
         manifest.clear_done(unit.uid)
-        features = self._features()
         if self.cfg.format == "npy":
-            return self._process_npy(unit, manifest, features)
-        return self._process_shard(unit, manifest, features, previous)
+            if item.error:
+                return UnitResult(unit.uid, "failed", failures=[(str(item.path), item.error)])
+            return self._process_npy(unit, manifest, self._features())
+        return self._process_part(unit, manifest)
 
-    def _process_shard(
-        self, unit: Unit, manifest: Manifest, features: VideoFeatures, previous: dict[str, Any] | None
-    ) -> UnitResult:
-        final = self.out_dir / unit.uid
-        reusable = set(previous.get("videos", [])) if previous and final.is_file() else set()
-        result = UnitResult(unit.uid, "done")
-        done: list[str] = []
-        old = final.with_name(final.name + ".prev")
-        old.unlink(missing_ok=True)
-        if reusable:
-            final.replace(old)
+    def _process_part(self, unit: Unit, manifest: Manifest) -> UnitResult:
+        item, parts = unit.items[0], ShardParts(manifest)
         try:
-            with hdf5.ShardWriter(final, self._file_attrs(features)) as writer:
-                for item in unit.items:
-                    if item.video_id in reusable:
-                        writer.copy_video(old, item.video_id)
-                        done.append(item.video_id)
-                    elif self._add(writer, item, features, result):
-                        done.append(item.video_id)
-        except BaseException:
-            if reusable and old.is_file() and not final.exists():
-                # Put the previous shard back so its finished videos stay reusable next time.
-                old.replace(final)
-                manifest.write_done(unit.uid, previous or {})
-            raise
-        old.unlink(missing_ok=True)
-        failed = [i.video_id for i in unit.items if i.video_id not in done]
-        manifest.write_done(unit.uid, {"shard": unit.uid, "videos": done, "failed": failed})
-        return result
-
-    def _add(
-        self, writer: hdf5.ShardWriter, item: VideoItem, features: VideoFeatures, result: UnitResult
-    ) -> bool:
-        if item.error:
-            result.failures.append((str(item.path), item.error))
-            return False
-        try:
+            if item.error:
+                raise VideoError(item.path, item.error)
+            features = self._features()
             datasets, attrs = features.compute(item)
-        except Exception as exc:  # noqa: BLE001 - one video's failure must not lose the shard
-            result.failures.append((str(item.path), one_line(exc, str(item.path))))
-            return False
-        # A write error (disk full) is the shard's, not the video's: after a failed HDF5 write the
-        # file cannot be trusted, so it propagates and the shard is dropped instead of committed.
-        writer.add_video(item.video_id, datasets, attrs)
-        result.frames += int(attrs["num_frames"])
-        if "note" in attrs:
-            result.notes.append((str(item.path), attrs["note"]))
-        return True
+            parts.write_part(item.video_id, datasets, attrs, self._file_attrs(features))
+        except Exception as exc:  # noqa: BLE001 - the failure is recorded so the shard can close without it
+            cause = one_line(exc, str(item.path))
+            parts.mark_failed(item.video_id, cause)
+            return UnitResult(unit.uid, "failed", failures=[(str(item.path), cause)])
+        manifest.write_done(unit.uid, {"video_id": item.video_id, "shard": self._shard_of(unit)})
+        notes = [(str(item.path), attrs["note"])] if "note" in attrs else []
+        return UnitResult(unit.uid, "done", frames=int(attrs["num_frames"]), notes=notes)
 
     def _process_npy(self, unit: Unit, manifest: Manifest, features: VideoFeatures) -> UnitResult:
         item = unit.items[0]
-        if item.error:
-            return UnitResult(unit.uid, "failed", failures=[(str(item.path), item.error)])
         datasets, attrs = features.compute(item)
         files = []
         for key, array in datasets.items():
@@ -440,9 +407,22 @@ class FeaturesPipeline:
         notes = [(str(item.path), attrs["note"])] if "note" in attrs else []
         return UnitResult(unit.uid, "done", frames=int(attrs["num_frames"]), notes=notes)
 
-    def finalize(self, manifest: Manifest) -> None:
-        """Write index.json (video_id -> shard) from every done record."""
+    def finalize(self, manifest: Manifest) -> list[tuple[str, str]]:
+        """Assemble every shard whose videos were all attempted, then write index.json."""
         if self.cfg.format != "hdf5":
-            return
-        mapping = {vid: r["shard"] for r in manifest.all_done() if "shard" in r for vid in r["videos"]}
-        hdf5.write_index(self.out_dir, mapping)
+            return []
+        plans = plan_shards(self.name, manifest.read_units(), self.cfg.videos_per_shard)
+        parts = ShardParts(manifest)
+        failures = [f for shard, members in plans for f in parts.sync(shard, members)]
+        hdf5.write_index(self.out_dir, parts.index(plans))
+        return failures
+
+
+def shard_index(out_dir: Path) -> dict[str, str]:
+    """video id -> shard file of every assembled video of a features job (for merge and index.json)."""
+    manifest = Manifest(out_dir)
+    job = manifest.read_job() or {}
+    config = job.get("config", {})
+    name = config.get("shard_name") or config.get("model", "")
+    plans = plan_shards(name, manifest.read_units(), int(config.get("videos_per_shard", 100)))
+    return ShardParts(manifest).index(plans)

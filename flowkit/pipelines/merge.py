@@ -19,12 +19,13 @@ def merge_job(out_dir: Path, virtual: bool = False, dest: Path | None = None) ->
         raise ManifestError(f"{out_dir}: no flowkit job here (no .flowkit/job.json)")
     if job["command"] == "features":
         from flowkit.outputs.hdf5 import merge_shards, write_index
+        from flowkit.pipelines.features import shard_index
 
-        if any("shard" in r for r in manifest.all_done()):
+        mapping = shard_index(out_dir)
+        if mapping:
             # Shards of a cluster job finish in any order, each writing index.json from what it saw
-            # done; rebuild it from every done record so the merge sees all of them.
-            records = [r for r in manifest.all_done() if "shard" in r]
-            write_index(out_dir, {vid: r["shard"] for r in records for vid in r["videos"]})
+            # assembled; rebuild it from every shard record so the merge sees all of them.
+            write_index(out_dir, mapping)
         return [merge_shards(out_dir, dest or out_dir / "merged.h5", virtual=virtual)]
     kinds = LIST_KINDS.get(job["command"], ["rgb"])
     return write_lists(out_dir, manifest.all_done(), kinds)

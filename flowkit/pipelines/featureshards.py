@@ -1,0 +1,211 @@
+"""Feature shards built from per-video parts, so `features` runs, resumes and reports per video.
+
+A worker writes each finished video to its own one-video HDF5 part in ``OUT/.flowkit/features/parts/``
+(``*.tmp`` renamed into place), then its done record; a video that fails leaves a failed marker instead.
+A shard (consecutive videos, named by position) is assembled once every one of its videos was attempted:
+its finished videos are copied from their parts (or from the shard file itself for videos assembled
+before) into ``<shard>.tmp``, which is renamed into place; then the shard record is written and the
+parts it consumed are deleted. One writer per shard file: assembly holds a per-shard lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from flowkit.atomic import atomic_write_text
+from flowkit.errors import FlowkitError
+from flowkit.jobs.manifest import Manifest, safe_name
+from flowkit.outputs import hdf5
+
+STATE = "features"
+
+
+def plan_shards(name: str, video_ids: Sequence[str], per: int) -> list[tuple[str, list[str]]]:
+    """(shard file name, its video ids): consecutive groups of `per` sorted videos, named by position."""
+    count = max(1, math.ceil(len(video_ids) / per))
+    groups = [list(video_ids[s * per : (s + 1) * per]) for s in range(count)]
+    return [(hdf5.shard_filename(name, s, count), ids) for s, ids in enumerate(groups) if ids]
+
+
+class ShardParts:
+    """Per-video parts, failed markers and shard records of one features job."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self.out_dir = manifest.out_dir
+        self.root = manifest.state_dir / STATE
+
+    def part_path(self, video_id: str) -> Path:
+        """Where a finished video waits for its shard."""
+        return self.root / "parts" / f"{safe_name(video_id)}.h5"
+
+    def _failed_path(self, video_id: str) -> Path:
+        return self.root / "failed" / f"{safe_name(video_id)}.json"
+
+    def _record_path(self, shard: str) -> Path:
+        return self.root / "shards" / f"{shard}.json"
+
+    # -- one video, in a worker -------------------------------------------------------------------
+    def write_part(
+        self, video_id: str, datasets: Mapping[str, np.ndarray], attrs: Mapping[str, Any],
+        file_attrs: Mapping[str, Any],
+    ) -> None:
+        """Write a video's datasets as a one-video shard (tmp + rename); clears an old failed marker."""
+        with hdf5.ShardWriter(self.part_path(video_id), file_attrs) as writer:
+            writer.add_video(video_id, datasets, attrs)
+        self._failed_path(video_id).unlink(missing_ok=True)
+
+    def mark_failed(self, video_id: str, cause: str) -> None:
+        """Record that a video was attempted and failed, so its shard can be assembled without it."""
+        self.part_path(video_id).unlink(missing_ok=True)
+        atomic_write_text(self._failed_path(video_id), json.dumps({"video_id": video_id, "cause": cause}))
+
+    def holds(self, video_id: str, shard: str) -> bool:
+        """Whether a done video's features are in place: its part, or the shard that recorded it."""
+        part = self.part_path(video_id)
+        if part.is_file():
+            return _verifies(part, [video_id])
+        record = self.read_record(shard)
+        if record is None or video_id not in record["videos"]:
+            return False
+        return _verifies(self.out_dir / shard, record["videos"])
+
+    # -- shards, after the videos -----------------------------------------------------------------
+    def read_record(self, shard: str) -> dict[str, Any] | None:
+        """The record of an assembled shard: {"shard", "videos", "failed"}; None if never assembled."""
+        try:
+            return json.loads(self._record_path(shard).read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def sync(self, shard: str, members: Sequence[str]) -> list[tuple[str, str]]:
+        """Assemble `shard` if all its videos were attempted and it is not up to date; returns failures."""
+        with self._shard_lock(shard) as mine:
+            if not mine:
+                return []  # another process is assembling it right now
+            try:
+                self._sync(shard, members)
+            except (FlowkitError, OSError, ValueError) as exc:
+                from flowkit.jobs.runner import one_line
+
+                return [(str(self.out_dir / shard), one_line(exc))]
+        return []
+
+    def _sync(self, shard: str, members: Sequence[str]) -> None:
+        state = self._attempted(shard, members)
+        if state is None:
+            return
+        done, failed = state
+        final = self.out_dir / shard
+        sources = {vid: self._source(vid, shard) for vid in done}
+        fresh = all(src == final for src in sources.values())
+        if fresh and self.read_record(shard) == _record(shard, done, failed) and _verifies(final, done):
+            return
+        if done:
+            self._write_shard(final, done, sources)
+        else:
+            final.unlink(missing_ok=True)
+        atomic_write_text(self._record_path(shard), json.dumps(_record(shard, done, failed)))
+        for vid in done:
+            self.part_path(vid).unlink(missing_ok=True)
+
+    def _attempted(self, shard: str, members: Sequence[str]) -> tuple[list[str], list[str]] | None:
+        """(done, failed) videos of a shard, or None while one is neither (not attempted, or lost)."""
+        done, failed = [], []
+        for vid in members:
+            if self.manifest.read_done(vid) is not None and self._source(vid, shard) is not None:
+                done.append(vid)
+            elif self._failed_path(vid).is_file():
+                failed.append(vid)
+            else:
+                self.manifest.clear_done(vid)  # a done record whose data is gone: redo the video
+                return None
+        return done, failed
+
+    def _source(self, video_id: str, shard: str) -> Path | None:
+        part = self.part_path(video_id)
+        if part.is_file():
+            return part
+        record = self.read_record(shard)
+        final = self.out_dir / shard
+        return final if record and video_id in record["videos"] and final.is_file() else None
+
+    def _write_shard(self, final: Path, done: Sequence[str], sources: Mapping[str, Path | None]) -> None:
+        first = sources[done[0]]
+        with h5py.File(first, "r") as fh:
+            attrs = {k: v for k, v in fh.attrs.items() if k != hdf5.COMPLETE_ATTR}
+        with hdf5.ShardWriter(final, attrs) as writer:
+            for vid in done:
+                writer.copy_video(sources[vid], vid)
+        _verified.pop(str(final), None)
+
+    @contextlib.contextmanager
+    def _shard_lock(self, shard: str) -> Iterator[bool]:
+        """A non-blocking exclusive lock on one shard file (released by the OS if the process dies)."""
+        import fcntl
+
+        path = self.root / "locks" / f"{shard}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+
+    def index(self, plans: Sequence[tuple[str, Sequence[str]]]) -> dict[str, str]:
+        """video id -> shard file for every assembled video of the current shard plan."""
+        mapping = {}
+        for shard, members in plans:
+            record = self.read_record(shard)
+            if record is not None:
+                mapping.update({vid: shard for vid in record["videos"] if vid in members})
+        return mapping
+
+    def failures(self, plans: Sequence[tuple[str, Sequence[str]]]) -> dict[str, str]:
+        """video id -> recorded failure cause, for the videos of the plan that last failed."""
+        out = {}
+        for _, members in plans:
+            for vid in members:
+                with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+                    out[vid] = json.loads(self._failed_path(vid).read_text(encoding="utf-8"))["cause"]
+        return out
+
+
+def _record(shard: str, done: Sequence[str], failed: Sequence[str]) -> dict[str, Any]:
+    return {"shard": shard, "videos": list(done), "failed": list(failed)}
+
+
+# Verified shards by (path) -> (mtime_ns, size, ids): is_done asks once per video, so a shard of 100
+# videos is verified once per process, not 100 times.
+_verified: dict[str, tuple[int, int, list[str]]] = {}
+
+
+def _verifies(path: Path, expected: Sequence[str]) -> bool:
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    key = (stat.st_mtime_ns, stat.st_size)
+    cached = _verified.get(str(path))
+    if cached is None or cached[:2] != key:
+        try:
+            ids = hdf5.verify_shard(path)
+        except (FlowkitError, OSError):
+            return False
+        _verified[str(path)] = (*key, ids)
+        cached = _verified[str(path)]
+    return set(cached[2]) == set(expected)
