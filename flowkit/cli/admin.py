@@ -41,8 +41,14 @@ def status(out_dir: Path) -> None:
     default=None,
     help="Features: merged file (default OUT/merged.h5).",
 )
+@click.option(
+    "--classes",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Frames/flow: label the lists with this class map (see extract-flow --classes).",
+)
 @handle_errors
-def merge(out_dir: Path, virtual: bool, dest: Path | None) -> None:
+def merge(out_dir: Path, virtual: bool, dest: Path | None, classes: str | None) -> None:
     """Combine the outputs of all shards of a job: one HDF5 (features), or the annotation lists.
 
     \b
@@ -50,10 +56,11 @@ def merge(out_dir: Path, virtual: bool, dest: Path | None) -> None:
       flowkit merge out/c3d                  # copy every shard into out/c3d/merged.h5
       flowkit merge out/c3d --virtual        # a virtual dataset (checks every shard first)
       flowkit merge out/flow                 # rebuild list_rgb.txt / list_flow.txt from all shards
+      flowkit merge out/flow --classes classInd.txt   # relabel them with a published class map
     """
     from flowkit.pipelines.merge import merge_job
 
-    for path in merge_job(out_dir, virtual=virtual, dest=dest):
+    for path in merge_job(out_dir, virtual=virtual, dest=dest, classes=classes):
         click.echo(f"wrote {path}")
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from flowkit.cli.common import batch_options, drop_unset, finish, handle_errors, run_options, setup_logging
-from flowkit.cli.frames import geometry_options, make_resize_kwargs
+from flowkit.cli.frames import CLASSES_HELP, geometry_options, make_resize_kwargs
 from flowkit.outputs.flowfiles import FLOW_FORMATS
 from flowkit.outputs.rawframes import LAYOUTS
 from flowkit.pipelines.flow import ALGORITHMS
@@ -86,6 +86,8 @@ def parse_devices(text: str) -> tuple[str, tuple[str, ...]]:
 @click.option("--format", "fmt", type=click.Choice(FLOW_FORMATS), default=None,
               help="jpg/png: 8-bit flow_x/flow_y images; h5/npy: lossless float16 per video.  [default: jpg]")
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=None, help="[default: 95]")
+@click.option("--classes", type=click.Path(exists=True, dir_okay=False, resolve_path=True),
+              default=None, help=CLASSES_HELP)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Frame pairs per engine call.  [default: 32 on GPU, 8 on CPU]")
 @tvl1_options

@@ -21,7 +21,7 @@ from flowkit.inputs import VideoItem
 from flowkit.jobs.manifest import Manifest
 from flowkit.jobs.runner import Unit, UnitResult, current_device, one_line
 from flowkit.outputs.flowfiles import FLOW_FORMATS, H5Sink, ImagePairSink, NpySink
-from flowkit.outputs.lists import write_lists
+from flowkit.outputs.lists import read_class_map, write_job_lists
 from flowkit.outputs.rawframes import FolderWriter, count_files, get_layout
 from flowkit.pipelines.stages import prefetch
 from flowkit.video import Resize, VideoReader, to_gray
@@ -45,10 +45,13 @@ class FlowConfig:
     format: str = "jpg"
     jpeg_quality: int = 95
     engine_params: dict[str, Any] = field(default_factory=dict)
+    classes: str | None = None
     device: str = "auto"
     batch_size: int | None = None
 
     def __post_init__(self) -> None:
+        if self.classes is not None:
+            read_class_map(self.classes)  # a bad class map is a config error before any work
         if self.algorithm == "auto":  # the fastest TV-L1 at equal accuracy here (bench/flow_engines.py)
             from flowkit.flow import default_engine
 
@@ -140,10 +143,16 @@ class FlowPipeline:
         notes = [(str(item.path), record["note"])] if "note" in record else []
         return UnitResult(unit.uid, "done", frames=record["num_frames"], record=record, notes=notes)
 
-    def finalize(self, manifest: Manifest) -> None:
+    def finalize(self, manifest: Manifest) -> list[tuple[str, str]]:
         """Rebuild the annotation lists from every done record (all shards)."""
-        kinds = ["rgb", "flow"] if self.cfg.format in ("jpg", "png") else ["flow"]
-        write_lists(self.out_dir, manifest.all_done(), kinds if self.cfg.rgb else ["flow"])
+        return write_job_lists(manifest, list_kinds(self.output_config()), self.cfg.classes)[1]
+
+
+def list_kinds(config: dict[str, Any]) -> list[str]:
+    """The lists an extract-flow job writes: RGB when RGB frames were written; flow only for the image
+    formats, which frame loaders read (h5/npy flow is one file per video, read with flowkit's readers)."""
+    kinds = ["rgb"] if config.get("rgb", True) else []
+    return kinds + (["flow"] if config.get("format", "jpg") in ("jpg", "png") else [])
 
 
 def verify_video_folder(folder: Path, record: dict[str, Any], cfg: FlowConfig) -> bool:

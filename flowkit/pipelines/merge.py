@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from flowkit.errors import ManifestError
 from flowkit.jobs.manifest import Manifest
-from flowkit.outputs.lists import write_lists
+from flowkit.outputs.lists import write_job_lists
 
-LIST_KINDS = {"sample-frames": ["rgb"], "extract-flow": ["rgb", "flow"]}
+log = logging.getLogger("flowkit")
 
 
-def merge_job(out_dir: Path, virtual: bool = False, dest: Path | None = None) -> list[Path]:
+def merge_job(
+    out_dir: Path, virtual: bool = False, dest: Path | None = None, classes: str | Path | None = None
+) -> list[Path]:
     """Features: merge HDF5 shards (copy or virtual); frames/flow: rebuild the annotation lists."""
     manifest = Manifest(out_dir)
     job = manifest.read_job()
@@ -27,5 +30,19 @@ def merge_job(out_dir: Path, virtual: bool = False, dest: Path | None = None) ->
             # assembled; rebuild it from every shard record so the merge sees all of them.
             write_index(out_dir, mapping)
         return [merge_shards(out_dir, dest or out_dir / "merged.h5", virtual=virtual)]
-    kinds = LIST_KINDS.get(job["command"], ["rgb"])
-    return write_lists(out_dir, manifest.all_done(), kinds)
+    return rebuild_lists(manifest, job, classes)
+
+
+def rebuild_lists(manifest: Manifest, job: dict, classes: str | Path | None = None) -> list[Path]:
+    """The annotation lists of a frames/flow job from every done record; `classes` overrides the job's map."""
+    from flowkit.pipelines.flow import list_kinds
+
+    config = job.get("config", {})
+    if job["command"] == "extract-flow":
+        kinds = list_kinds(config)
+    else:
+        kinds = ["rgb"] if config.get("format", "jpg") == "jpg" else []
+    written, failures = write_job_lists(manifest, kinds, classes or config.get("classes"))
+    for vid, cause in failures:
+        log.warning("%s: %s", vid, cause)
+    return written
