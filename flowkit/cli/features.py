@@ -85,7 +85,15 @@ from flowkit.pipelines.features import COMBINES, STREAMS
     "--flow-dir",
     type=click.Path(exists=True, file_okay=False),
     default=None,
-    help="Read the I3D flow from this extract-flow output (same video ids) instead of computing it.",
+    help="Read the I3D flow from this extract-flow output (same video ids) instead of computing it; it "
+    "must have been extracted at the model's short side (i3d: --short-side 256).",
+)
+@click.option(
+    "--flow-rescale",
+    is_flag=True,
+    default=None,
+    help="With --flow-dir: resize flow stored at another size to the model's (u, v scaled with the frame) "
+    "instead of refusing it.",
 )
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default=None, help="[default: float32]")
 @click.option(

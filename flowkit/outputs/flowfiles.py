@@ -111,6 +111,22 @@ class NpySink:
         np.save(self.folder / "timestamps.npy", times)
 
 
+def resize_flow(flow: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize a (2, H, W) flow field to (2, height, width), scaling the vectors with the frame.
+
+    Flow is in pixels of the frame it was computed on: resizing by (sx, sy) = (width/W, height/H)
+    multiplies u by sx and v by sy.
+    """
+    import cv2
+
+    _, h, w = flow.shape
+    out = np.stack([cv2.resize(np.ascontiguousarray(c, np.float32), (width, height),
+                               interpolation=cv2.INTER_LINEAR) for c in flow])
+    out[0] *= np.float32(width / w)
+    out[1] *= np.float32(height / h)
+    return out
+
+
 class FlowFolderReader:
     """Reads back one video's flows from an extract-flow output folder: flow k (frame k -> k+1) as float32.
 
@@ -126,6 +142,16 @@ class FlowFolderReader:
         elif fmt == "h5":
             self._file = h5py.File(folder / "flow.h5", "r")
             self._array = self._file["flow"]
+
+    def frame_size(self) -> tuple[int, int]:
+        """(width, height) of the frames the flow was computed on; (0, 0) for a video without flow."""
+        if self._array is not None:
+            return (int(self._array.shape[3]), int(self._array.shape[2])) if len(self._array) else (0, 0)
+        try:
+            height, width = self._read(self.layout.flow_name("x", 0, self.fmt)).shape
+        except FileNotFoundError:
+            return 0, 0
+        return width, height
 
     def __call__(self, k: int) -> np.ndarray:
         """Flow k as (2, H, W) float32 pixels."""

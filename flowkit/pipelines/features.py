@@ -24,7 +24,7 @@ from flowkit.inputs import VideoItem
 from flowkit.jobs.manifest import Manifest
 from flowkit.jobs.runner import Unit, UnitResult, current_device, one_line
 from flowkit.outputs import hdf5
-from flowkit.outputs.flowfiles import FlowFolderReader
+from flowkit.outputs.flowfiles import FLOW_FORMATS, FlowFolderReader, resize_flow
 from flowkit.outputs.rawframes import get_layout
 from flowkit.pipelines.extractor import Extractor, check_amp, extractor_for
 from flowkit.pipelines.featureshards import ShardParts, plan_shards
@@ -58,6 +58,7 @@ class FeaturesConfig:
     mean_file: str | None = None
     flow_algorithm: str = "auto"
     flow_dir: str | None = None
+    flow_rescale: bool = False
     bound: float = 20.0
     dtype: str = "float32"
     dataset_name: str = "features"
@@ -90,9 +91,9 @@ class FeaturesConfig:
         if self.combine and self.stream != "both":
             raise ConfigError("--combine needs --stream both")
         if self.flow_dir is not None:
-            flow_source_settings(self.flow_dir)
-            if self.fps:
-                raise ConfigError("--flow-dir holds flow between consecutive native frames: drop --fps")
+            check_flow_source(flow_source_settings(self.flow_dir), self, spec)
+        elif self.flow_rescale:
+            raise ConfigError("--flow-rescale applies only with --flow-dir")
         self._check_windows(spec)
         self._check_weights()
 
@@ -150,6 +151,30 @@ def flow_source_settings(flow_dir: str) -> dict[str, Any]:
     return config
 
 
+def check_flow_source(settings: dict[str, Any], cfg: FeaturesConfig, spec: Any) -> None:
+    """Refuse stored flow that cannot give the model's input: other geometry, tighter bound, resampled."""
+    where = cfg.flow_dir
+    if cfg.fps:
+        raise ConfigError("--flow-dir holds flow between consecutive native frames: drop --fps")
+    if settings.get("format") not in FLOW_FORMATS:
+        raise ConfigError(f"{where}: unknown flow format {settings.get('format')!r} in the job record")
+    if settings.get("format") in ("jpg", "png") and float(settings.get("bound", 20.0)) < cfg.bound:
+        raise ConfigError(
+            f"{where}: flow was quantized with --bound {settings['bound']:g}, so it is clipped tighter than "
+            f"the ±{cfg.bound:g} px the model takes: re-extract with --bound {cfg.bound:g}"
+        )
+    need = _frame_geometry(spec).short_side
+    size = settings.get("size")
+    if (settings.get("short_side"), size) != (need, None) and not cfg.flow_rescale:
+        made = f"--size {size[0]}x{size[1]}" if size else (
+            f"--short-side {settings['short_side']}" if settings.get("short_side") else "native size")
+        raise ConfigError(
+            f"{where}: flow was extracted at {made}, but {cfg.model} reads flow at short side {need}: "
+            f"re-extract with --short-side {need}, or pass --flow-rescale to resize it "
+            "(vectors scaled with the frame)"
+        )
+
+
 def _check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
     if value not in choices:
         raise ConfigError(
@@ -186,7 +211,8 @@ class VideoFeatures:
         """Decode, window, run the model(s); returns (datasets, group attributes) for the HDF5 group."""
         timestamps, info = scan_timestamps(item.path)
         plan = plan_windows(timestamps, self.clip_len, self.stride, self.cfg.fps, self.cfg.pad_last)
-        outputs = self._run(item, plan)
+        notes: list[str] = []
+        outputs = self._run(item, plan, info, notes)
         datasets = self._datasets(plan, outputs)
         attrs = {
             "source": str(item.path),
@@ -200,12 +226,16 @@ class VideoFeatures:
             "stride": self.stride,
         }
         if len(plan.windows) == 0:
-            attrs["note"] = f"shorter than one {self.clip_len}-frame window: no features"
+            notes.append(f"shorter than one {self.clip_len}-frame window: no features")
+        if notes:
+            attrs["note"] = "; ".join(notes)
         return datasets, attrs
 
-    def _run(self, item: VideoItem, plan: WindowPlan) -> dict[str, list[np.ndarray]]:
+    def _run(
+        self, item: VideoItem, plan: WindowPlan, info: Any, notes: list[str]
+    ) -> dict[str, list[np.ndarray]]:
         wants_flow = "flow" in self.cfg.streams
-        lookup = self._flow_lookup(item) if wants_flow and self.cfg.flow_dir else None
+        lookup = self._flow_lookup(item, info, notes) if wants_flow and self.cfg.flow_dir else None
         flow_fn = self._flow_fn() if wants_flow and lookup is None else None
         assembler = WindowAssembler(plan, "rgb" in self.cfg.streams, flow_fn, self.cfg.batch_size, lookup)
         reader = prefetch(VideoReader(item.path, self.geometry), depth=2 * self.clip_len)
@@ -220,13 +250,25 @@ class VideoFeatures:
             raise VideoError(item.path, "decoded fewer frames on the second pass than on the first")
         return outputs
 
-    def _flow_lookup(self, item: VideoItem) -> FlowFolderReader:
-        """Flows of this video from the extract-flow folder given with --flow-dir."""
+    def _flow_lookup(self, item: VideoItem, info: Any, notes: list[str]) -> Any:
+        """Flows of this video from --flow-dir, checked against (or, with --flow-rescale, resized to)
+        the geometry the model's frames have."""
         settings = flow_source_settings(str(self.cfg.flow_dir))
         folder = Path(str(self.cfg.flow_dir)) / item.video_id
         if not folder.is_dir():
             raise VideoError(item.path, f"no extracted flow in {folder}")
-        return FlowFolderReader(folder, get_layout(settings["layout"]), settings["format"], settings["bound"])
+        layout = get_layout(settings["layout"])
+        reader = FlowFolderReader(folder, layout, settings["format"], settings["bound"])
+        have, want = reader.frame_size(), self.geometry.target(info.width, info.height)
+        if have in (want, (0, 0)):
+            return reader
+        if not self.cfg.flow_rescale:
+            raise VideoError(item.path, f"flow in {folder} is {have[0]}x{have[1]} but the model reads "
+                             f"{want[0]}x{want[1]} frames: re-extract it, or pass --flow-rescale")
+        sx, sy = want[0] / have[0], want[1] / have[1]
+        notes.append(f"flow resized from {have[0]}x{have[1]} to {want[0]}x{want[1]}, "
+                     f"vectors scaled by ({sx:.3f}, {sy:.3f})")
+        return lambda k: resize_flow(reader(k), *want)
 
     def _flow_fn(self) -> Any:
         from flowkit.pipelines.flow import FlowConfig, engine_for
