@@ -64,7 +64,8 @@ from flowkit.pipelines.features import COMBINES, STREAMS
     "--c3d-mode",
     type=click.Choice(["caffe", "davidea"]),
     default=None,
-    help="caffe: exact C3D v1.0 pool5; davidea: pool5 padding of the popular PyTorch port.",
+    help="caffe: facebook/C3D v1.0 (BGR, 171x128, Sports-1M mean, unpadded pool5); davidea: the preset of "
+    "DavideA/c3d-pytorch's predict.py (pool5 padding, RGB, no mean, 112x200 resize, centre crop).",
 )
 @click.option(
     "--i3d-compat",

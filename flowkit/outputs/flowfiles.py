@@ -75,13 +75,14 @@ class NpySink:
     """`flow.npy` float16 [N-1, 2, H, W] written as a stream; the header's shape is patched at the end.
 
     The header is padded to a fixed length up front so the real shape fits when rewritten; `timestamps.npy`
-    [N-1, 2] is written beside it.
+    [N-1, 2] and `flow.json` (the metadata an h5 file holds as attributes) are written beside it.
     """
 
     HEADER_LEN = 128
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, attrs: dict[str, Any] | None = None) -> None:
         self.folder = folder
+        self.attrs = dict(attrs or {})
         self.fh: BinaryIO = open(folder / "flow.npy", "wb")  # noqa: SIM115 - closed in close()
         self.fh.write(b"\x00" * self.HEADER_LEN)
         self.shape: tuple[int, ...] = (0, 2, 0, 0)
@@ -109,6 +110,8 @@ class NpySink:
         self.fh.close()
         times = np.concatenate(self.times) if self.times else np.zeros((0, 2))
         np.save(self.folder / "timestamps.npy", times)
+        meta = {**self.attrs, "num_flows": self.count}
+        (self.folder / "flow.json").write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
 
 
 def resize_flow(flow: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -7,6 +7,8 @@ shard is assembled (tmp + rename). A rerun redoes only the failed or unfinished 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import math
@@ -90,6 +92,9 @@ class FeaturesConfig:
             )
         if self.combine and self.stream != "both":
             raise ConfigError("--combine needs --stream both")
+        if self.c3d_mode == "davidea" and self.mean_file:
+            raise ConfigError("--c3d-mode davidea feeds RGB without a mean (as DavideA's predict.py): "
+                              "drop --mean-file")
         if self.flow_dir is not None:
             check_flow_source(flow_source_settings(self.flow_dir), self, spec)
         elif self.flow_rescale:
@@ -193,19 +198,32 @@ class VideoFeatures:
         self.layer = cfg.layer or self.spec.default_layer
         self.clip_len = cfg.clip_len or self.spec.clip_len
         self.stride = cfg.stride or self.clip_len
-        self.geometry = _frame_geometry(self.spec)
-        self.preprocess = {s: self._preprocessor(s) for s in cfg.streams}
+        self.geometry = _frame_geometry(self.spec, cfg.c3d_mode)
+        self.preprocess = {s: functools.partial(self.spec.preprocess[s], **self._overrides(s))
+                           for s in cfg.streams}
 
-    def _preprocessor(self, stream: str) -> Any:
-        fn = self.spec.preprocess[stream]
+    def _overrides(self, stream: str) -> dict[str, Any]:
+        """Arguments this run gives a stream's preprocessing on top of the model's defaults."""
         if stream == "flow":
-            return lambda flows: fn(flows, bound=self.cfg.bound)
-        if self.spec.model_cls.__name__ == "C3D" and self.cfg.mean_file:
+            return {"bound": self.cfg.bound}
+        if self.spec.model_cls.__name__ != "C3D":
+            return {}
+        if self.cfg.c3d_mode == "davidea":
+            from flowkit.models.preprocess import C3D_DAVIDEA_PREDICT
+
+            return dict(C3D_DAVIDEA_PREDICT)
+        if self.cfg.mean_file:
             from flowkit.models.preprocess import load_mean_file
 
-            mean = load_mean_file(self.cfg.mean_file)
-            return lambda frames: fn(frames, mean=mean)
-        return fn
+            return {"mean": load_mean_file(self.cfg.mean_file)}
+        return {}
+
+    def preprocessing(self) -> dict[str, Any]:
+        """How frames and flow became model input: decode geometry, each stream's function and arguments."""
+        record: dict[str, Any] = {"decode_resize": asdict(self.geometry)}
+        for stream, fn in self.preprocess.items():
+            record[stream] = describe_call(fn, self.cfg.mean_file)
+        return record
 
     def compute(self, item: VideoItem) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Decode, window, run the model(s); returns (datasets, group attributes) for the HDF5 group."""
@@ -328,10 +346,27 @@ def _stack(parts: list[np.ndarray] | None, dim: int) -> np.ndarray:
     return np.zeros((0, dim), np.float32)
 
 
-def _frame_geometry(spec: Any) -> Resize:
+def describe_call(fn: Any, mean_file: str | None = None) -> dict[str, Any]:
+    """A preprocessing function and every argument it runs with (defaults included), as plain JSON."""
+    keywords: dict[str, Any] = {}
+    while isinstance(fn, functools.partial):
+        keywords = {**fn.keywords, **keywords}
+        fn = fn.func
+    params = inspect.signature(fn).parameters.values()
+    merged = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    merged.update(keywords)
+    if isinstance(merged.get("mean"), np.ndarray):
+        merged["mean"] = f"mean volume {mean_file}"
+    plain = json.loads(json.dumps(merged, default=lambda v: list(v) if isinstance(v, tuple) else str(v)))
+    return {"function": f"{fn.__module__}.{fn.__qualname__}", **plain}
+
+
+def _frame_geometry(spec: Any, c3d_mode: str = "caffe") -> Resize:
     """Resize every decoded frame once to the model's working size (its preprocessing then only crops)."""
     if spec.model_cls.__name__ == "C3D":
-        return Resize(size=(171, 128))
+        # davidea: DavideA's predict.py resizes straight to 112x200 (see C3D_DAVIDEA_PREDICT).
+        height, width = (112, 200) if c3d_mode == "davidea" else (128, 171)
+        return Resize(size=(width, height))
     return Resize(short_side=round(spec.input_size * 256 / 224))
 
 
@@ -391,10 +426,11 @@ class FeaturesPipeline:
     def _file_attrs(self, features: VideoFeatures) -> dict[str, Any]:
         attrs: dict[str, Any] = {
             "flowkit_version": flowkit.__version__,
-            "config": json.dumps(self.cfg.output_config(), sort_keys=True, default=str),
+            "config": json.loads(json.dumps(self.cfg.output_config(), default=str)),
             "model": self.cfg.model,
             "layer": features.layer,
             "random_weights": int(self.cfg.random_weights),
+            "preprocessing": features.preprocessing(),
         }
         if self.cfg.random_weights:
             attrs["WARNING"] = "RANDOM WEIGHTS: these features are meaningless (smoke test / benchmark only)"
@@ -439,6 +475,7 @@ class FeaturesPipeline:
                 files.append(hdf5.write_npy_features(self.out_dir, item.video_id + suffix, array))
         sidecar = self.out_dir / f"{item.video_id}.json"
         meta = {
+            **self._file_attrs(features),
             **attrs,
             "frame_indices": datasets["frame_indices"].tolist(),
             "timestamps": datasets["timestamps"].tolist(),

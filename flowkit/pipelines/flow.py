@@ -7,6 +7,8 @@ that is renamed into place when complete, then the done record is written.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from collections import deque
 from collections.abc import Sequence
@@ -173,7 +175,7 @@ def extract_video(item: VideoItem, target: Path, cfg: FlowConfig, device: str) -
     engine = engine_for(cfg, device)
     batch = cfg.batch_size or default_batch_size(getattr(engine, "device", device))
     with FolderWriter(target) as writer:
-        sink = _make_sink(writer, cfg, item)
+        sink = _make_sink(writer, cfg, item, engine)
         rgb = _stream(reader, engine, batch, sink, writer, cfg)
         sink.close()
     record = {"video_id": item.video_id, "source": str(item.path), "num_frames": reader.num_frames,
@@ -186,14 +188,24 @@ def extract_video(item: VideoItem, target: Path, cfg: FlowConfig, device: str) -
     return record
 
 
-def _make_sink(writer: FolderWriter, cfg: FlowConfig, item: VideoItem) -> Any:
+def _make_sink(writer: FolderWriter, cfg: FlowConfig, item: VideoItem, engine: Any) -> Any:
     if cfg.format in ("jpg", "png"):
         return ImagePairSink(writer, get_layout(cfg.layout), cfg.format, cfg.bound, cfg.jpeg_quality)
     if cfg.format == "h5":
-        attrs = {"source": str(item.path), "video_id": item.video_id, "algorithm": cfg.algorithm,
-                 "step": cfg.step, "config": cfg.output_config()}
-        return H5Sink(writer.tmp_dir / "flow.h5", attrs)
-    return NpySink(writer.tmp_dir)
+        return H5Sink(writer.tmp_dir / "flow.h5", flow_metadata(cfg, item, engine))
+    return NpySink(writer.tmp_dir, flow_metadata(cfg, item, engine))
+
+
+def flow_metadata(cfg: FlowConfig, item: VideoItem, engine: Any) -> dict[str, Any]:
+    """What a lossless flow file carries: source, engine and every parameter it ran with, the config."""
+    import flowkit
+
+    params = getattr(engine, "params", None)
+    if dataclasses.is_dataclass(params):
+        params = dataclasses.asdict(params)
+    return {"source": str(item.path), "video_id": item.video_id, "algorithm": cfg.algorithm,
+            "engine_params": json.loads(json.dumps(params or cfg.engine_params, default=str)),
+            "step": cfg.step, "config": cfg.output_config(), "flowkit_version": flowkit.__version__}
 
 
 def _stream(reader: VideoReader, engine: Any, batch: int, sink: Any, writer: FolderWriter,
