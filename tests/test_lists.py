@@ -79,3 +79,47 @@ def test_flow_formats_write_the_lists_that_match_their_files(make_video, tmp_pat
         assert (out / "list_rgb.txt").read_text() == "c/v 4 0\n"
     assert run("merge", out).exit_code == 0
     assert sorted(p.name for p in out.glob("list_*.txt")) == lists
+
+
+def test_split_files_in_the_common_formats(tmp_path):
+    from flowkit.outputs.splits import match_entries, read_split_file, read_splits
+
+    ucf = tmp_path / "trainlist01.txt"
+    ucf.write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\nArchery/v_Archery_g01_c01.avi 3\n")
+    assert read_split_file(ucf) == {"train01": [("ApplyEyeMakeup", "v_ApplyEyeMakeup_g08_c01"),
+                                                ("Archery", "v_Archery_g01_c01")]}
+    hmdb = [tmp_path / "brush_hair_test_split1.txt", tmp_path / "cartwheel_test_split1.txt"]
+    hmdb[0].write_text("a.avi 1\nb.avi 2\nc.avi 0\n")
+    hmdb[1].write_text("d.avi 1\n")
+    assert read_splits(hmdb) == {"train1": [("brush_hair", "a"), ("cartwheel", "d")],
+                                 "test1": [("brush_hair", "b")]}
+    kinetics = tmp_path / "k400.csv"
+    kinetics.write_text("label,youtube_id,time_start,time_end,split\n"
+                        "air drumming,abc,10,20,train\nabseiling,xyz,0.0,10.0,val\n")
+    assert read_split_file(kinetics) == {"train": [("air drumming", "abc_000010_000020")],
+                                         "val": [("abseiling", "xyz_000000_000010")]}
+    ids = ["air_drumming/abc_000010_000020", "x/dup", "y/dup"]
+    assert match_entries([("air drumming", "abc_000010_000020"), ("y", "dup"), (None, "dup")], ids) == (
+        ["air_drumming/abc_000010_000020", "y/dup"], [(None, "dup")])
+    other = tmp_path / "videos.txt"
+    other.write_text("x\n")
+    with pytest.raises(ConfigError, match="unknown split file"):
+        read_split_file(other)
+
+
+def test_merge_writes_per_split_lists(make_video, tmp_path):
+    for vid in ("cls_a/v1", "cls_a/v2", "cls_b/v3"):
+        make_video(f"in/{vid}.mp4", n=3, height=32, width=32)
+    out = tmp_path / "out"
+    assert run("sample-frames", tmp_path / "in", "-o", out, "--sampler", "uniform", "--num-frames", "2"
+               ).exit_code == 0
+    ind = tmp_path / "classInd.txt"
+    ind.write_text("1 cls_b\n2 cls_a\n")
+    (tmp_path / "trainlist01.txt").write_text("cls_a/v1.avi 2\ncls_b/v3.avi 1\n")
+    (tmp_path / "testlist01.txt").write_text("cls_a/v2.avi\ncls_a/missing.avi\n")
+    result = run("merge", out, "--classes", ind, "--split-file", tmp_path / "trainlist01.txt",
+                 "--split-file", tmp_path / "testlist01.txt")
+    assert result.exit_code == 0, result.output
+    assert (out / "list_rgb_train01.txt").read_text() == "cls_a/v1 2 1\ncls_b/v3 2 0\n"
+    assert (out / "list_rgb_test01.txt").read_text() == "cls_a/v2 2 1\n"
+    assert (out / "list_rgb.txt").read_text().count("\n") == 3

@@ -71,8 +71,9 @@ def write_lists(
     kinds: Iterable[str],
     labels: Mapping[str, int] | None = None,
     classes_file: str | Path | None = None,
+    split: str | None = None,
 ) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Write ``list_<kind>.txt`` per kind (rgb, flow) from done records, plus classes.txt.
+    """Write ``list_<kind>.txt`` (``list_<kind>_<split>.txt`` for a split) per kind, plus classes.txt.
 
     ``labels`` maps class names to labels (default: the classes of the records). Returns the files
     written and (video id, cause) for each video left out because its class has no label.
@@ -86,7 +87,7 @@ def write_lists(
     for kind in kinds:
         lines = [f"{r['video_id']} {r[kind]} {_label(r['video_id'], labels, classes_file)}"
                  for r in rows if kind in r and r["video_id"] not in unlabeled]
-        path = Path(out_dir) / f"list_{kind}.txt"
+        path = Path(out_dir) / (f"list_{kind}_{split}.txt" if split else f"list_{kind}.txt")
         atomic_write_text(path, "".join(line + "\n" for line in lines))
         written.append(path)
     if labels:
@@ -116,8 +117,24 @@ def _warn_spaces(rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def write_job_lists(
-    manifest: Any, kinds: Sequence[str], classes_file: str | Path | None = None
+    manifest: Any,
+    kinds: Sequence[str],
+    classes_file: str | Path | None = None,
+    split_files: Sequence[str | Path] = (),
 ) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Rebuild a job's lists from its done records, labels from all its inputs (see write_lists)."""
+    """Rebuild a job's lists from its done records, labels from all its inputs (see write_lists); with
+    split files, also one list per split and kind (see :mod:`flowkit.outputs.splits`)."""
     labels = label_map(manifest.read_units(), classes_file)
-    return write_lists(manifest.out_dir, manifest.all_done(), kinds, labels, classes_file)
+    records = manifest.all_done()
+    written, failures = write_lists(manifest.out_dir, records, kinds, labels, classes_file)
+    if split_files:
+        from flowkit.outputs.splits import read_splits, split_records
+
+        per_split, missing = split_records(read_splits(split_files), records)
+        for split, rows in sorted(per_split.items()):
+            written += write_lists(manifest.out_dir, rows, kinds, labels, classes_file, split)[0]
+        for split, lost in sorted(missing.items()):
+            cls, name = lost[0]
+            log.warning("split %s: %d entries have no finished video (e.g. %s)", split, len(lost),
+                        f"{cls}/{name}" if cls else name)
+    return written, failures
