@@ -354,3 +354,25 @@ def test_flow_dir_quantized_with_a_tighter_bound_is_refused(make_video, tmp_path
     refused = run("features", tmp_path / "in", "-o", tmp_path / "x", *common)
     assert refused.exit_code == 2 and "quantized with --bound 10" in refused.output
     assert "re-extract with --bound 20" in refused.output
+
+
+def test_the_worker_that_settles_a_shards_last_video_assembles_it(make_video, tmp_path):
+    from flowkit.inputs import discover
+    from flowkit.jobs.manifest import Manifest
+    from flowkit.pipelines.features import FeaturesConfig, FeaturesPipeline
+
+    for k in range(3):
+        make_video(f"in/v{k}.mp4", n=16, seed=k)
+    (tmp_path / "in" / "v3.mp4").write_bytes(b"broken" * 50)
+    out = tmp_path / "out"
+    pipe = FeaturesPipeline(FeaturesConfig(model="c3d_test", random_weights=True, videos_per_shard=2), out)
+    units = pipe.make_units(discover(tmp_path / "in"))
+    manifest = Manifest(out)
+    manifest.open_job("features", pipe.output_config(), False)
+    manifest.write_units([u.uid for u in units])
+    first, second = (out / f"c3d_test-0000{k}-of-00002.h5" for k in range(2))
+    assert pipe.process(units[1], manifest).status == "done" and not first.exists()  # v0 not done yet
+    assert pipe.process(units[0], manifest).status == "done" and list_videos(first) == ["v0", "v1"]
+    assert pipe.process(units[3], manifest).status == "failed" and not second.exists()
+    assert pipe.process(units[2], manifest).status == "done" and list_videos(second) == ["v2"]
+    assert not list((out / ".flowkit" / "features" / "parts").iterdir())

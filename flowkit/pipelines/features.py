@@ -2,7 +2,8 @@
 
 A unit of work is one video; videos are grouped into shards of consecutive videos named from their
 position only. A finished video waits as a part until every video of its shard was attempted, then the
-shard is assembled (tmp + rename). A rerun redoes only the failed or unfinished videos.
+worker that settled the last one assembles the shard (tmp + rename). A rerun redoes only the failed or
+unfinished videos.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from flowkit.outputs import hdf5
 from flowkit.outputs.flowfiles import FLOW_FORMATS, FlowFolderReader, resize_flow
 from flowkit.outputs.rawframes import get_layout
 from flowkit.pipelines.extractor import Extractor, check_amp, extractor_for
-from flowkit.pipelines.featureshards import ShardParts, plan_shards
+from flowkit.pipelines.featureshards import ShardParts, plan_shards, shard_members
 from flowkit.pipelines.stages import prefetch
 from flowkit.pipelines.windows import Window, WindowAssembler, WindowPlan, plan_windows
 from flowkit.video import Resize, VideoReader, scan_timestamps
@@ -375,7 +376,8 @@ class FeaturesPipeline:
     """The runner's view of `flowkit features`: one unit per video, outputs grouped into shards.
 
     A finished video waits as a part in OUT/.flowkit until every video of its shard was attempted; the
-    finalize step then assembles the shard (see :mod:`flowkit.pipelines.featureshards`).
+    worker that settles the last one assembles the shard, and finalize catches any shard left behind
+    (see :mod:`flowkit.pipelines.featureshards`).
     """
 
     cfg: FeaturesConfig
@@ -460,10 +462,15 @@ class FeaturesPipeline:
         except Exception as exc:  # noqa: BLE001 - the failure is recorded so the shard can close without it
             cause = one_line(exc, str(item.path))
             parts.mark_failed(item.video_id, cause)
-            return UnitResult(unit.uid, "failed", failures=[(str(item.path), cause)])
-        manifest.write_done(unit.uid, {"video_id": item.video_id, "shard": self._shard_of(unit)})
-        notes = [(str(item.path), attrs["note"])] if "note" in attrs else []
-        return UnitResult(unit.uid, "done", frames=int(attrs["num_frames"]), notes=notes)
+            result = UnitResult(unit.uid, "failed", failures=[(str(item.path), cause)])
+        else:
+            manifest.write_done(unit.uid, {"video_id": item.video_id, "shard": self._shard_of(unit)})
+            notes = [(str(item.path), attrs["note"])] if "note" in attrs else []
+            result = UnitResult(unit.uid, "done", frames=int(attrs["num_frames"]), notes=notes)
+        # The worker that settles a shard's last video assembles it (finalize is the safety net).
+        members = shard_members(manifest, self.cfg.videos_per_shard, unit.index)
+        result.failures += parts.sync(self._shard_of(unit), members)
+        return result
 
     def _process_npy(self, unit: Unit, manifest: Manifest, features: VideoFeatures) -> UnitResult:
         item = unit.items[0]

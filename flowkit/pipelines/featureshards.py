@@ -2,7 +2,8 @@
 
 A worker writes each finished video to its own one-video HDF5 part in ``OUT/.flowkit/features/parts/``
 (``*.tmp`` renamed into place), then its done record; a video that fails leaves a failed marker instead.
-A shard (consecutive videos, named by position) is assembled once every one of its videos was attempted:
+A shard (consecutive videos, named by position) is assembled once every one of its videos was attempted,
+by the worker that settled the last one (and, as a safety net, after the run):
 its finished videos are copied from their parts (or from the shard file itself for videos assembled
 before) into ``<shard>.tmp``, which is renamed into place; then the shard record is written and the
 parts it consumed are deleted. One writer per shard file: assembly holds a per-shard lock.
@@ -88,10 +89,14 @@ class ShardParts:
             return None
 
     def sync(self, shard: str, members: Sequence[str]) -> list[tuple[str, str]]:
-        """Assemble `shard` if all its videos were attempted and it is not up to date; returns failures."""
-        with self._shard_lock(shard) as mine:
-            if not mine:
-                return []  # another process is assembling it right now
+        """Assemble `shard` if all its videos were attempted and it is not up to date; returns failures.
+
+        Called by the worker that finishes a shard's last video and, as a safety net, after the run.
+        """
+        # Cheap early exit without the lock: the last videos of a shard are usually the ones still to do.
+        if not all(self._tried(vid) for vid in reversed(members)):
+            return []
+        with self._shard_lock(shard):
             try:
                 self._sync(shard, members)
             except (FlowkitError, OSError, ValueError) as exc:
@@ -99,6 +104,9 @@ class ShardParts:
 
                 return [(str(self.out_dir / shard), one_line(exc))]
         return []
+
+    def _tried(self, video_id: str) -> bool:
+        return self.manifest.done_path(video_id).is_file() or self._failed_path(video_id).is_file()
 
     def _sync(self, shard: str, members: Sequence[str]) -> None:
         state = self._attempted(shard, members)
@@ -149,20 +157,17 @@ class ShardParts:
         _verified.pop(str(final), None)
 
     @contextlib.contextmanager
-    def _shard_lock(self, shard: str) -> Iterator[bool]:
-        """A non-blocking exclusive lock on one shard file (released by the OS if the process dies)."""
+    def _shard_lock(self, shard: str) -> Iterator[None]:
+        """An exclusive lock on one shard file, so one process writes it; the OS drops it if the holder
+        dies. A waiter then sees the state the holder left and finds the shard up to date."""
         import fcntl
 
         path = self.root / "locks" / f"{shard}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            yield True
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
         finally:
             os.close(fd)
 
@@ -183,6 +188,18 @@ class ShardParts:
                 with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
                     out[vid] = json.loads(self._failed_path(vid).read_text(encoding="utf-8"))["cause"]
         return out
+
+
+def shard_members(manifest: Manifest, per: int, index: int) -> list[str]:
+    """The video ids of feature shard `index`: positions index*per .. of the job's sorted units."""
+    path = manifest.state_dir / "units.json"
+    key = (str(path), path.stat().st_mtime_ns)
+    if _units_cache.get("key") != key:
+        _units_cache.update(key=key, units=manifest.read_units())
+    return list(_units_cache["units"][index * per : (index + 1) * per])
+
+
+_units_cache: dict[str, Any] = {}
 
 
 def _record(shard: str, done: Sequence[str], failed: Sequence[str]) -> dict[str, Any]:
