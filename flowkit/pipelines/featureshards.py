@@ -109,51 +109,52 @@ class ShardParts:
         return self.manifest.done_path(video_id).is_file() or self._failed_path(video_id).is_file()
 
     def _sync(self, shard: str, members: Sequence[str]) -> None:
-        state = self._attempted(shard, members)
-        if state is None:
+        record = self.read_record(shard)
+        sources = self._attempted(shard, members, record)
+        if sources is None:
             return
-        done, failed = state
+        found = {vid: src for vid, src in sources.items() if src is not None}  # in member order
+        done = list(found)
+        wanted = _record(shard, done, [vid for vid in members if vid not in found])
         final = self.out_dir / shard
-        sources = {vid: self._source(vid, shard) for vid in done}
-        fresh = all(src == final for src in sources.values())
-        if fresh and self.read_record(shard) == _record(shard, done, failed) and _verifies(final, done):
+        in_place = _verifies(final, done) if done else not final.exists()
+        if record == wanted and in_place and all(src == final for src in found.values()):
             return
         if done:
-            self._write_shard(final, done, sources)
+            self._write_shard(final, found)
         else:
             final.unlink(missing_ok=True)
-        atomic_write_text(self._record_path(shard), json.dumps(_record(shard, done, failed)))
+        atomic_write_text(self._record_path(shard), json.dumps(wanted))
         for vid in done:
             self.part_path(vid).unlink(missing_ok=True)
 
-    def _attempted(self, shard: str, members: Sequence[str]) -> tuple[list[str], list[str]] | None:
-        """(done, failed) videos of a shard, or None while one is neither (not attempted, or lost)."""
-        done, failed = [], []
+    def _attempted(
+        self, shard: str, members: Sequence[str], record: Mapping[str, Any] | None
+    ) -> dict[str, Path | None] | None:
+        """Each video's source (its part, or the shard file; None if it failed), or None while a video
+        is neither done nor failed (not attempted yet, or its data is gone)."""
+        in_shard = set(record["videos"]) if record else set()
+        final = self.out_dir / shard
+        sources: dict[str, Path | None] = {}
         for vid in members:
-            if self.manifest.read_done(vid) is not None and self._source(vid, shard) is not None:
-                done.append(vid)
+            part = self.part_path(vid)
+            source = part if part.is_file() else (final if vid in in_shard and final.is_file() else None)
+            if self.manifest.read_done(vid) is not None and source is not None:
+                sources[vid] = source
             elif self._failed_path(vid).is_file():
-                failed.append(vid)
+                sources[vid] = None
             else:
                 self.manifest.clear_done(vid)  # a done record whose data is gone: redo the video
                 return None
-        return done, failed
+        return sources
 
-    def _source(self, video_id: str, shard: str) -> Path | None:
-        part = self.part_path(video_id)
-        if part.is_file():
-            return part
-        record = self.read_record(shard)
-        final = self.out_dir / shard
-        return final if record and video_id in record["videos"] and final.is_file() else None
-
-    def _write_shard(self, final: Path, done: Sequence[str], sources: Mapping[str, Path | None]) -> None:
-        first = sources[done[0]]
-        with h5py.File(first, "r") as fh:
+    def _write_shard(self, final: Path, sources: Mapping[str, Path]) -> None:
+        """Copy each video from its source into `final` (tmp + rename), with the first source's file attrs."""
+        with h5py.File(next(iter(sources.values())), "r") as fh:
             attrs = {k: v for k, v in fh.attrs.items() if k != hdf5.COMPLETE_ATTR}
         with hdf5.ShardWriter(final, attrs) as writer:
-            for vid in done:
-                writer.copy_video(sources[vid], vid)
+            for vid, source in sources.items():
+                writer.copy_video(source, vid)
         _verified.pop(str(final), None)
 
     @contextlib.contextmanager
