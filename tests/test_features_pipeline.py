@@ -376,3 +376,24 @@ def test_the_worker_that_settles_a_shards_last_video_assembles_it(make_video, tm
     assert pipe.process(units[3], manifest).status == "failed" and not second.exists()
     assert pipe.process(units[2], manifest).status == "done" and list_videos(second) == ["v2"]
     assert not list((out / ".flowkit" / "features" / "parts").iterdir())
+
+
+def test_a_run_stopped_before_assembly_resumes_without_recomputing(videos, tmp_path, monkeypatch):
+    from flowkit.pipelines.featureshards import ShardParts
+
+    args = ["features", videos, "--model", "c3d_test", "--random-weights"]
+    assert run(*args, "-o", tmp_path / "ref").exit_code == 0
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:  # as if killed after every video, before any shard was written
+        patch.setattr(ShardParts, "sync", lambda self, shard, members: [])
+        assert run(*args, "-o", out).exit_code == 0
+    shard = "c3d_test-00000-of-00001.h5"
+    assert not (out / shard).exists() and len(list((out / ".flowkit/features/parts").iterdir())) == 3
+    (out / f"{shard}.tmp").write_bytes(b"half a shard")
+    again = run(*args, "-o", out)
+    assert again.exit_code == 0 and "done 0, skipped 3" in again.output
+    assert not (out / f"{shard}.tmp").exists() and not list((out / ".flowkit/features/parts").iterdir())
+    for vid in ("a/long", "a/mid", "b/short"):
+        want = read_video(tmp_path / "ref" / shard, vid)["datasets"]
+        got = read_video(out / shard, vid)["datasets"]
+        assert want.keys() == got.keys() and all((want[k] == got[k]).all() for k in want)
