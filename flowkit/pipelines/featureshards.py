@@ -94,7 +94,7 @@ class ShardParts:
         Called by the worker that finishes a shard's last video and, as a safety net, after the run.
         """
         # Cheap early exit without the lock: the last videos of a shard are usually the ones still to do.
-        if not all(self._tried(vid) for vid in reversed(members)):
+        if not members or not all(self._tried(vid) for vid in reversed(members)):
             return []
         with self._shard_lock(shard):
             try:
@@ -194,7 +194,10 @@ class ShardParts:
 def shard_members(manifest: Manifest, per: int, index: int) -> list[str]:
     """The video ids of feature shard `index`: positions index*per .. of the job's sorted units."""
     path = manifest.state_dir / "units.json"
-    key = (str(path), path.stat().st_mtime_ns)
+    try:
+        key = (str(path), path.stat().st_mtime_ns)
+    except FileNotFoundError:
+        return []  # no unit list (not started by the runner): finalize assembles instead
     if _units_cache.get("key") != key:
         _units_cache.update(key=key, units=manifest.read_units())
     return list(_units_cache["units"][index * per : (index + 1) * per])
