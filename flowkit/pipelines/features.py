@@ -97,6 +97,8 @@ class FeaturesConfig:
             raise ConfigError("--c3d-mode davidea feeds RGB without a mean (as DavideA's predict.py): "
                               "drop --mean-file")
         if self.flow_dir is not None:
+            if "flow" not in self.streams:
+                raise ConfigError("--flow-dir feeds the flow stream: use it with --stream flow or both")
             check_flow_source(flow_source_settings(self.flow_dir), self, spec)
         elif self.flow_rescale:
             raise ConfigError("--flow-rescale applies only with --flow-dir")
