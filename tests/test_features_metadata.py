@@ -86,3 +86,10 @@ def test_davidea_preset_refuses_a_mean_file(tmp_path):
     np.save(mean, np.zeros((1, 3, 16, 128, 171), np.float32))
     with pytest.raises(ConfigError, match="drop --mean-file"):
         FeaturesConfig(model="c3d_test", c3d_mode="davidea", random_weights=True, mean_file=str(mean))
+
+
+def test_flow_options_need_the_flow_stream(tmp_path):
+    with pytest.raises(ConfigError, match="--stream flow or both"):
+        FeaturesConfig(model="i3d_test", random_weights=True, flow_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="only with --flow-dir"):
+        FeaturesConfig(model="i3d_test", random_weights=True, stream="flow", flow_rescale=True)
