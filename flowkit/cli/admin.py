@@ -41,8 +41,25 @@ def status(out_dir: Path) -> None:
     default=None,
     help="Features: merged file (default OUT/merged.h5).",
 )
+@click.option(
+    "--classes",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Frames/flow: label the lists with this class map (see extract-flow --classes).",
+)
+@click.option(
+    "--split-file",
+    "split_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Frames/flow: also write list_<kind>_<split>.txt per split of this file (repeatable): UCF101/HMDB51 "
+    "trainlist01.txt / testlist01.txt, HMDB51 <class>_test_split1.txt, or a Kinetics CSV "
+    "(label,youtube_id,time_start,time_end,split).",
+)
 @handle_errors
-def merge(out_dir: Path, virtual: bool, dest: Path | None) -> None:
+def merge(
+    out_dir: Path, virtual: bool, dest: Path | None, classes: str | None, split_files: tuple[str, ...]
+) -> None:
     """Combine the outputs of all shards of a job: one HDF5 (features), or the annotation lists.
 
     \b
@@ -50,10 +67,12 @@ def merge(out_dir: Path, virtual: bool, dest: Path | None) -> None:
       flowkit merge out/c3d                  # copy every shard into out/c3d/merged.h5
       flowkit merge out/c3d --virtual        # a virtual dataset (checks every shard first)
       flowkit merge out/flow                 # rebuild list_rgb.txt / list_flow.txt from all shards
+      flowkit merge out/flow --classes classInd.txt   # relabel them with a published class map
+      flowkit merge out/flow --classes classInd.txt --split-file trainlist01.txt --split-file testlist01.txt
     """
     from flowkit.pipelines.merge import merge_job
 
-    for path in merge_job(out_dir, virtual=virtual, dest=dest):
+    for path in merge_job(out_dir, virtual=virtual, dest=dest, classes=classes, split_files=split_files):
         click.echo(f"wrote {path}")
 
 

@@ -64,7 +64,8 @@ from flowkit.pipelines.features import COMBINES, STREAMS
     "--c3d-mode",
     type=click.Choice(["caffe", "davidea"]),
     default=None,
-    help="caffe: exact C3D v1.0 pool5; davidea: pool5 padding of the popular PyTorch port.",
+    help="caffe: facebook/C3D v1.0 (BGR, 171x128, Sports-1M mean, unpadded pool5); davidea: the preset of "
+    "DavideA/c3d-pytorch's predict.py (pool5 padding, RGB, no mean, 112x200 resize, centre crop).",
 )
 @click.option(
     "--i3d-compat",
@@ -85,7 +86,15 @@ from flowkit.pipelines.features import COMBINES, STREAMS
     "--flow-dir",
     type=click.Path(exists=True, file_okay=False),
     default=None,
-    help="Read the I3D flow from this extract-flow output (same video ids) instead of computing it.",
+    help="Read the I3D flow from this extract-flow output (same video ids) instead of computing it; it "
+    "must have been extracted at the model's short side (i3d: --short-side 256).",
+)
+@click.option(
+    "--flow-rescale",
+    is_flag=True,
+    default=None,
+    help="With --flow-dir: resize flow stored at another size to the model's (u, v scaled with the frame) "
+    "instead of refusing it.",
 )
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default=None, help="[default: float32]")
 @click.option(

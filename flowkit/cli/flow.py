@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from flowkit.cli.common import batch_options, drop_unset, finish, handle_errors, run_options, setup_logging
-from flowkit.cli.frames import geometry_options, make_resize_kwargs
+from flowkit.cli.frames import CLASSES_HELP, geometry_options, make_resize_kwargs
 from flowkit.outputs.flowfiles import FLOW_FORMATS
 from flowkit.outputs.rawframes import LAYOUTS
 from flowkit.pipelines.flow import ALGORITHMS
@@ -86,6 +86,8 @@ def parse_devices(text: str) -> tuple[str, tuple[str, ...]]:
 @click.option("--format", "fmt", type=click.Choice(FLOW_FORMATS), default=None,
               help="jpg/png: 8-bit flow_x/flow_y images; h5/npy: lossless float16 per video.  [default: jpg]")
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=None, help="[default: 95]")
+@click.option("--classes", type=click.Path(exists=True, dir_okay=False, resolve_path=True),
+              default=None, help=CLASSES_HELP)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Frame pairs per engine call.  [default: 32 on GPU, 8 on CPU]")
 @tvl1_options
@@ -122,13 +124,15 @@ def extract_flow(input_path: Path, out_dir: Path, jobs: int, backend: str, sched
 @click.argument("video_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("-o", "--output", "dest", type=click.Path(path_type=Path), required=True,
               help="A folder (PNG per flow) or a file ending in .mp4/.avi (a video).")
-@click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
-              help="Bound used when the JPEGs were written (to dequantize).")
+@click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Bound the flow images were quantized with.  [default: read from the extract-flow job "
+                   "record above the folder; 20 without one]")
 @click.option("--max-flow", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Flow magnitude shown at full colour (default: the 99th percentile per video).")
+              help="Flow magnitude (px) shown at full colour in every frame.  [default: per frame, its 99th "
+                   "percentile, at least 1 px]")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True)
 @handle_errors
-def visualize(video_dir: Path, dest: Path, bound: float, max_flow: float | None, fps: float) -> None:
+def visualize(video_dir: Path, dest: Path, bound: float | None, max_flow: float | None, fps: float) -> None:
     """Render a video's flow (from flow_x/flow_y images or flow.h5/flow.npy) as colour-wheel images
     next to its RGB frames.
 

@@ -18,6 +18,11 @@ from flowkit.cli.common import (
 from flowkit.outputs.rawframes import LAYOUTS
 from flowkit.pipelines.frames import FORMATS, SAMPLERS
 
+CLASSES_HELP = (
+    "Class map for the lists' labels: classInd.txt lines '<index> <name>' (numbered from 1 or 0) or "
+    "one name per line; labels are 0-based.  [default: the input's class folders, sorted]"
+)
+
 
 def geometry_options(func: Any) -> Any:
     """--short-side / --size, shared by every command that resizes frames."""
@@ -62,6 +67,8 @@ def make_resize_kwargs(short_side: int | None, size: str | None) -> dict[str, An
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
               help="jpg folder per video, or one npz (RGB frames + indices + timestamps).  [default: jpg]")
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=None, help="[default: 95]")
+@click.option("--classes", type=click.Path(exists=True, dir_okay=False, resolve_path=True), default=None,
+              help=CLASSES_HELP)
 @handle_errors
 def sample_frames(input_path: Path, out_dir: Path, jobs: int, backend: str, scheduler: str | None,
                   shard: str | None, overwrite: bool, retry_failed: bool, quiet: bool,

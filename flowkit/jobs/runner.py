@@ -75,8 +75,8 @@ class Pipeline(Protocol):
         """Do one unit: write its output atomically, then its done record."""
         ...
 
-    def finalize(self, manifest: Manifest) -> None:
-        """After a run: write what spans units (annotation lists, index.json)."""
+    def finalize(self, manifest: Manifest) -> list[tuple[str, str]] | None:
+        """After a run: write what spans units (lists, feature shards); returns (path, cause) failures."""
         ...
 
 
@@ -265,7 +265,7 @@ def run_pipeline(
         for result in _progress(_results(pipeline, todo, out, options), len(todo), options.quiet):
             _account(summary, result)
         summary.seconds = time.perf_counter() - start
-        pipeline.finalize(manifest)
+        summary.failed.extend(("finalize", path, cause) for path, cause in pipeline.finalize(manifest) or ())
         return summary
     finally:
         lock.release()

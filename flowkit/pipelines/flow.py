@@ -7,6 +7,8 @@ that is renamed into place when complete, then the done record is written.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from collections import deque
 from collections.abc import Sequence
@@ -21,7 +23,7 @@ from flowkit.inputs import VideoItem
 from flowkit.jobs.manifest import Manifest
 from flowkit.jobs.runner import Unit, UnitResult, current_device, one_line
 from flowkit.outputs.flowfiles import FLOW_FORMATS, H5Sink, ImagePairSink, NpySink
-from flowkit.outputs.lists import write_lists
+from flowkit.outputs.lists import read_class_map, write_job_lists
 from flowkit.outputs.rawframes import FolderWriter, count_files, get_layout
 from flowkit.pipelines.stages import prefetch
 from flowkit.video import Resize, VideoReader, to_gray
@@ -45,10 +47,13 @@ class FlowConfig:
     format: str = "jpg"
     jpeg_quality: int = 95
     engine_params: dict[str, Any] = field(default_factory=dict)
+    classes: str | None = None
     device: str = "auto"
     batch_size: int | None = None
 
     def __post_init__(self) -> None:
+        if self.classes is not None:
+            read_class_map(self.classes)  # a bad class map is a config error before any work
         if self.algorithm == "auto":  # the fastest TV-L1 at equal accuracy here (bench/flow_engines.py)
             from flowkit.flow import default_engine
 
@@ -140,10 +145,16 @@ class FlowPipeline:
         notes = [(str(item.path), record["note"])] if "note" in record else []
         return UnitResult(unit.uid, "done", frames=record["num_frames"], record=record, notes=notes)
 
-    def finalize(self, manifest: Manifest) -> None:
+    def finalize(self, manifest: Manifest) -> list[tuple[str, str]]:
         """Rebuild the annotation lists from every done record (all shards)."""
-        kinds = ["rgb", "flow"] if self.cfg.format in ("jpg", "png") else ["flow"]
-        write_lists(self.out_dir, manifest.all_done(), kinds if self.cfg.rgb else ["flow"])
+        return write_job_lists(manifest, list_kinds(self.output_config()), self.cfg.classes)[1]
+
+
+def list_kinds(config: dict[str, Any]) -> list[str]:
+    """The lists an extract-flow job writes: RGB when RGB frames were written; flow only for the image
+    formats, which frame loaders read (h5/npy flow is one file per video, read with flowkit's readers)."""
+    kinds = ["rgb"] if config.get("rgb", True) else []
+    return kinds + (["flow"] if config.get("format", "jpg") in ("jpg", "png") else [])
 
 
 def verify_video_folder(folder: Path, record: dict[str, Any], cfg: FlowConfig) -> bool:
@@ -164,7 +175,7 @@ def extract_video(item: VideoItem, target: Path, cfg: FlowConfig, device: str) -
     engine = engine_for(cfg, device)
     batch = cfg.batch_size or default_batch_size(getattr(engine, "device", device))
     with FolderWriter(target) as writer:
-        sink = _make_sink(writer, cfg, item)
+        sink = _make_sink(writer, cfg, item, engine)
         rgb = _stream(reader, engine, batch, sink, writer, cfg)
         sink.close()
     record = {"video_id": item.video_id, "source": str(item.path), "num_frames": reader.num_frames,
@@ -177,14 +188,24 @@ def extract_video(item: VideoItem, target: Path, cfg: FlowConfig, device: str) -
     return record
 
 
-def _make_sink(writer: FolderWriter, cfg: FlowConfig, item: VideoItem) -> Any:
+def _make_sink(writer: FolderWriter, cfg: FlowConfig, item: VideoItem, engine: Any) -> Any:
     if cfg.format in ("jpg", "png"):
         return ImagePairSink(writer, get_layout(cfg.layout), cfg.format, cfg.bound, cfg.jpeg_quality)
     if cfg.format == "h5":
-        attrs = {"source": str(item.path), "video_id": item.video_id, "algorithm": cfg.algorithm,
-                 "step": cfg.step, "config": cfg.output_config()}
-        return H5Sink(writer.tmp_dir / "flow.h5", attrs)
-    return NpySink(writer.tmp_dir)
+        return H5Sink(writer.tmp_dir / "flow.h5", flow_metadata(cfg, item, engine))
+    return NpySink(writer.tmp_dir, flow_metadata(cfg, item, engine))
+
+
+def flow_metadata(cfg: FlowConfig, item: VideoItem, engine: Any) -> dict[str, Any]:
+    """What a lossless flow file carries: source, engine and every parameter it ran with, the config."""
+    import flowkit
+
+    params = getattr(engine, "params", None)
+    if dataclasses.is_dataclass(params):
+        params = dataclasses.asdict(params)
+    return {"source": str(item.path), "video_id": item.video_id, "algorithm": cfg.algorithm,
+            "engine_params": json.loads(json.dumps(params or cfg.engine_params, default=str)),
+            "step": cfg.step, "config": cfg.output_config(), "flowkit_version": flowkit.__version__}
 
 
 def _stream(reader: VideoReader, engine: Any, batch: int, sink: Any, writer: FolderWriter,

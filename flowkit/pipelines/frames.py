@@ -17,7 +17,7 @@ from flowkit.errors import ConfigError
 from flowkit.inputs import VideoItem
 from flowkit.jobs.manifest import Manifest
 from flowkit.jobs.runner import Unit, UnitResult
-from flowkit.outputs.lists import write_lists
+from flowkit.outputs.lists import read_class_map, write_job_lists
 from flowkit.outputs.rawframes import FolderWriter, count_files, get_layout, remove_stale
 from flowkit.video import Frame, Resize, VideoReader, scan_timestamps
 
@@ -49,8 +49,11 @@ class FramesConfig:
     layout: str = "mmaction2"
     format: str = "jpg"
     jpeg_quality: int = 95
+    classes: str | None = None
 
     def __post_init__(self) -> None:
+        if self.classes is not None:
+            read_class_map(self.classes)
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
         if self.format not in FORMATS:
@@ -181,10 +184,11 @@ class FramesPipeline:
             ),
         )
 
-    def finalize(self, manifest: Manifest) -> None:
+    def finalize(self, manifest: Manifest) -> list[tuple[str, str]]:
         """Rebuild the annotation lists from every done record (all shards)."""
-        if self.cfg.format == "jpg":
-            write_lists(self.out_dir, manifest.all_done(), ["rgb"])
+        if self.cfg.format != "jpg":
+            return []
+        return write_job_lists(manifest, ["rgb"], self.cfg.classes)[1]
 
 
 def _sidecar(
