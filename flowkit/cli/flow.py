@@ -9,7 +9,16 @@ from typing import Any
 
 import click
 
-from flowkit.cli.common import batch_options, drop_unset, finish, handle_errors, run_options, setup_logging
+from flowkit.cli.common import (
+    batch_options,
+    decode_options,
+    drop_unset,
+    finish,
+    handle_errors,
+    pop_decode_options,
+    run_options,
+    setup_logging,
+)
 from flowkit.cli.frames import geometry_options, make_resize_kwargs
 from flowkit.outputs.flowfiles import FLOW_FORMATS
 from flowkit.outputs.rawframes import LAYOUTS
@@ -89,6 +98,7 @@ def parse_devices(text: str) -> tuple[str, tuple[str, ...]]:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Frame pairs per engine call.  [default: 32 on GPU, 8 on CPU]")
 @tvl1_options
+@decode_options
 @handle_errors
 def extract_flow(input_path: Path, out_dir: Path, jobs: int, backend: str, scheduler: str | None,
                  shard: str | None, overwrite: bool, retry_failed: bool, quiet: bool, device: str,
@@ -111,11 +121,13 @@ def extract_flow(input_path: Path, out_dir: Path, jobs: int, backend: str, sched
     setup_logging(quiet)
     engine_device, devices = parse_devices(device)
     engine_params = tvl1_params(options)
+    decode = pop_decode_options(options, devices[0] if devices else engine_device)
     cfg = FlowConfig(**drop_unset(format=fmt, **options), **make_resize_kwargs(short_side, size),
-                     engine_params=engine_params, device=engine_device)
+                     engine_params=engine_params, device=engine_device, decode=decode)
     opts = run_options(max(jobs, len(devices)), backend, scheduler, shard, overwrite, retry_failed, quiet,
                        devices)
-    finish(run_pipeline(FlowPipeline(cfg, out_dir), discover(input_path), out_dir, opts))
+    items = discover(input_path, input_frames=decode.input_frames)
+    finish(run_pipeline(FlowPipeline(cfg, out_dir), items, out_dir, opts))
 
 
 @click.command("visualize")

@@ -11,7 +11,7 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import numpy as np
 
 import flowkit
 from flowkit.atomic import atomic_write_text
+from flowkit.decoders import DecodeOptions
 from flowkit.errors import ConfigError, FlowkitError, VideoError
 from flowkit.inputs import VideoItem
 from flowkit.jobs.manifest import Manifest
@@ -67,6 +68,7 @@ class FeaturesConfig:
     batch_size: int = 8
     device: str = "auto"
     amp: str = "none"
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
 
     def __post_init__(self) -> None:
         from flowkit.models import get_model_spec
@@ -135,6 +137,7 @@ class FeaturesConfig:
         """What decides the output (device and batch size do not)."""
         config = asdict(self)
         del config["device"], config["batch_size"]
+        config["decode"] = self.decode.output_config()
         return config
 
 
@@ -183,7 +186,7 @@ class VideoFeatures:
 
     def compute(self, item: VideoItem) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Decode, window, run the model(s); returns (datasets, group attributes) for the HDF5 group."""
-        timestamps, info = scan_timestamps(item.path)
+        timestamps, info = scan_timestamps(item.path, self.cfg.decode)
         plan = plan_windows(timestamps, self.clip_len, self.stride, self.cfg.fps, self.cfg.pad_last)
         outputs = self._run(item, plan)
         datasets = self._datasets(plan, outputs)
@@ -207,7 +210,7 @@ class VideoFeatures:
         lookup = self._flow_lookup(item) if wants_flow and self.cfg.flow_dir else None
         flow_fn = self._flow_fn() if wants_flow and lookup is None else None
         assembler = WindowAssembler(plan, "rgb" in self.cfg.streams, flow_fn, self.cfg.batch_size, lookup)
-        reader = prefetch(VideoReader(item.path, self.geometry), depth=2 * self.clip_len)
+        reader = prefetch(VideoReader(item.path, self.geometry, self.cfg.decode), depth=2 * self.clip_len)
         outputs: dict[str, list[np.ndarray]] = {}
         batch: list[Window] = []
         for window in assembler.feed(reader):

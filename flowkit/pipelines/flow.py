@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from flowkit.decoders import DecodeOptions
 from flowkit.errors import ConfigError, FlowkitError
 from flowkit.inputs import VideoItem
 from flowkit.jobs.manifest import Manifest
@@ -47,6 +48,7 @@ class FlowConfig:
     engine_params: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
     batch_size: int | None = None
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
 
     def __post_init__(self) -> None:
         if self.algorithm == "auto":  # the fastest TV-L1 at equal accuracy here (bench/flow_engines.py)
@@ -76,6 +78,7 @@ class FlowConfig:
         """What decides the output (device and batch size do not: a batch equals single runs)."""
         config = asdict(self)
         del config["device"], config["batch_size"]
+        config["decode"] = self.decode.output_config()
         return config
 
 
@@ -160,7 +163,7 @@ def verify_video_folder(folder: Path, record: dict[str, Any], cfg: FlowConfig) -
 
 def extract_video(item: VideoItem, target: Path, cfg: FlowConfig, device: str) -> dict[str, Any]:
     """Decode once, write RGB and flow for one video into `target` (atomically); returns the done record."""
-    reader = VideoReader(item.path, Resize(cfg.short_side, cfg.size))
+    reader = VideoReader(item.path, Resize(cfg.short_side, cfg.size), cfg.decode)
     engine = engine_for(cfg, device)
     batch = cfg.batch_size or default_batch_size(getattr(engine, "device", device))
     with FolderWriter(target) as writer:
@@ -171,6 +174,8 @@ def extract_video(item: VideoItem, target: Path, cfg: FlowConfig, device: str) -
               "rgb": rgb, "flow": sink.count, "format": cfg.format}
     if reader.warnings:
         record["warnings"] = reader.warnings
+    if reader.truncated:
+        record["truncated"] = reader.truncated
     if reader.num_frames <= cfg.step:
         record["note"] = f"only {reader.num_frames} frame(s): RGB written, no flow pairs at step {cfg.step}"
         log.warning("%s: %s", item.path, record["note"])
