@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -20,7 +21,7 @@ from flowkit.atomic import atomic_write
 from flowkit.errors import VideoError
 from flowkit.outputs.rawframes import remove_stale
 
-CHUNK = 8 << 20
+CHUNK = 1 << 20
 
 
 class NpzStreamWriter:
@@ -73,8 +74,7 @@ class NpzStreamWriter:
                           "fortran_order": False, "shape": shape}
                 np.lib.format.write_array_header_2_0(member, header)
                 with open(self.raw_path, "rb") as raw:
-                    while chunk := raw.read(CHUNK):
-                        member.write(chunk)
+                    shutil.copyfileobj(raw, member, CHUNK)
             arrays = {"indices": np.asarray(self.indices, dtype=np.int64),
                       "timestamps": np.asarray(self.timestamps, dtype=np.float64),
                       "groups": np.asarray(json.dumps(groups))}

@@ -188,7 +188,8 @@ class VideoFeatures:
         """Decode, window, run the model(s); returns (datasets, group attributes) for the HDF5 group."""
         timestamps, info = scan_timestamps(item.path, self.cfg.decode)
         plan = plan_windows(timestamps, self.clip_len, self.stride, self.cfg.fps, self.cfg.pad_last)
-        outputs = self._run(item, plan)
+        reader = VideoReader(item.path, self.geometry, self.cfg.decode)
+        outputs = self._run(item, plan, reader)
         datasets = self._datasets(plan, outputs)
         attrs = {
             "source": str(item.path),
@@ -201,16 +202,18 @@ class VideoFeatures:
             "clip_len": self.clip_len,
             "stride": self.stride,
         }
+        if reader.truncated:
+            attrs["truncated"] = reader.truncated  # accepted with --allow-truncated
         if len(plan.windows) == 0:
             attrs["note"] = f"shorter than one {self.clip_len}-frame window: no features"
         return datasets, attrs
 
-    def _run(self, item: VideoItem, plan: WindowPlan) -> dict[str, list[np.ndarray]]:
+    def _run(self, item: VideoItem, plan: WindowPlan, video: VideoReader) -> dict[str, list[np.ndarray]]:
         wants_flow = "flow" in self.cfg.streams
         lookup = self._flow_lookup(item) if wants_flow and self.cfg.flow_dir else None
         flow_fn = self._flow_fn() if wants_flow and lookup is None else None
         assembler = WindowAssembler(plan, "rgb" in self.cfg.streams, flow_fn, self.cfg.batch_size, lookup)
-        reader = prefetch(VideoReader(item.path, self.geometry, self.cfg.decode), depth=2 * self.clip_len)
+        reader = prefetch(video, depth=2 * self.clip_len)
         outputs: dict[str, list[np.ndarray]] = {}
         batch: list[Window] = []
         for window in assembler.feed(reader):
