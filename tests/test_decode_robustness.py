@@ -39,7 +39,8 @@ def claims_huge_frames(path: Path, side: int = 12288) -> Path:
     with av.open(str(path), "w") as container:
         stream = container.add_stream("rawvideo", rate=25)
         stream.width, stream.height, stream.pix_fmt = 256, 256, "gray"
-        container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((256, 256), np.uint8), format="gray")))
+        black = av.VideoFrame.from_ndarray(np.zeros((256, 256), np.uint8), format="gray")
+        container.mux(stream.encode(black))
         container.mux(stream.encode())
     data = bytearray(path.read_bytes())
     for element in (b"\xb0\x82\x01\x00", b"\xba\x82\x01\x00"):  # Matroska PixelWidth / PixelHeight = 256
