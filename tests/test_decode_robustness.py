@@ -7,8 +7,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 import tracemalloc
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -20,6 +22,7 @@ from flowkit.errors import VideoError
 from flowkit.inputs import VideoItem
 from flowkit.jobs.manifest import Manifest
 from flowkit.pipelines.frames import FramesConfig, FramesPipeline
+from flowkit.pipelines.stages import prefetch
 from flowkit.synthetic import iter_moving_frames, moving_video, write_video_av
 from flowkit.video import VideoReader, decode_shortfall, read_all, scan_timestamps
 
@@ -160,3 +163,20 @@ def test_npz_is_streamed_with_bounded_memory(tmp_path):
     np.testing.assert_array_equal(data["frames"][7], expected[7].image[:, :, ::-1])
     assert json.loads(str(data["groups"])) == {}
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_prefetch_bounds_the_bytes_it_buffers():
+    """The decode thread stops when the queued images reach max_bytes, whatever the item depth."""
+    produced: list[int] = []
+
+    def source():
+        for k in range(12):
+            produced.append(k)
+            yield SimpleNamespace(image=np.zeros(1 << 20, np.uint8))
+
+    ahead = []
+    for k, _ in enumerate(prefetch(source(), depth=16, max_bytes=3 << 20)):
+        if k == 0:
+            time.sleep(0.3)  # give the decode thread every chance to run ahead
+        ahead.append(len(produced) - k)
+    assert len(ahead) == 12 and max(ahead) <= 5, ahead  # 1 consumed + 3 queued + 1 waiting for room
