@@ -30,6 +30,7 @@ from flowkit.video import Resize, VideoReader, to_gray
 log = logging.getLogger("flowkit")
 
 ALGORITHMS = ("auto", "tvl1", "tvl1-opencv", "farneback", "dis", "tvl1-cuda-opencv")
+BENCH_ALGORITHMS = ("null",)  # library/benchmarks only (zero flow): not offered by the CLI
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,11 @@ class FlowConfig:
             from flowkit.flow import default_engine
 
             object.__setattr__(self, "algorithm", default_engine(self.device))
-        if self.algorithm not in ALGORITHMS:
+        if self.algorithm not in ALGORITHMS + BENCH_ALGORITHMS:
             raise ConfigError(f"unknown algorithm {self.algorithm!r}; choose from {', '.join(ALGORITHMS)}")
         from flowkit.flow import list_engines
 
-        if self.algorithm not in list_engines():
+        if self.algorithm not in list_engines(include_hidden=True):
             raise ConfigError(f"--algorithm {self.algorithm} is not available here (available: "
                               f"{', '.join(list_engines())}; tvl1-cuda-opencv needs cv2 built with CUDA)")
         if self.engine_params and not self.algorithm.startswith("tvl1"):
