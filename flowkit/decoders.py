@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,8 @@ class DecodeOptions:
             raise ConfigError("--max-pixels must be >= 1 and --frames-fps > 0")
         if self.decoder == "auto":
             object.__setattr__(self, "decoder", auto_decoder(self.device))
+        elif self.decoder == "torchcodec":
+            load_torchcodec()  # a missing FFmpeg library is a config error before any work
 
     def output_config(self) -> dict[str, Any]:
         """The fields that decide output pixels (the size cap and truncation policy do not)."""
@@ -83,29 +86,27 @@ def auto_decoder(device: str) -> str:
 
 
 def load_torchcodec() -> Any:
-    """Import torchcodec's decoder class; one clear ConfigError naming the missing library otherwise."""
+    """torchcodec's decoder class, its FFmpeg libraries loaded; one ConfigError naming what is missing."""
     try:
+        from torchcodec._core import ops
         from torchcodec.decoders import VideoDecoder
     except ImportError as exc:
         raise ConfigError("--decoder torchcodec needs the torchcodec package") from exc
-    except Exception as exc:  # torchcodec raises RuntimeError when FFmpeg's shared libraries are missing
-        missing = _missing_library(exc)
-        raise ConfigError(
-            f"--decoder torchcodec cannot load FFmpeg's shared libraries ({missing}); install FFmpeg 4-7 "
-            "shared libraries (e.g. apt install ffmpeg) or use --decoder pyav"
-        ) from exc
+    if not getattr(ops, "_FFMPEG_AVAILABLE", True):
+        try:
+            ops.load_core_libraries()
+        except Exception as exc:  # noqa: BLE001 - torchcodec reports every FFmpeg version it tried
+            raise ConfigError(
+                f"--decoder torchcodec cannot load FFmpeg's shared libraries ({_missing_libraries(exc)}); "
+                "install FFmpeg 4-9 shared libraries (e.g. apt install ffmpeg) or use --decoder pyav"
+            ) from None
     return VideoDecoder
 
 
-def _missing_library(exc: BaseException) -> str:
-    seen = exc
-    while seen is not None:
-        text = str(seen)
-        for token in text.replace(":", " ").split():
-            if token.startswith("lib") and ".so" in token:
-                return f"{token} not found"
-        seen = seen.__cause__ or seen.__context__
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+def _missing_libraries(exc: BaseException) -> str:
+    names = re.findall(r"(lib[\w+-]+\.so[.\d]*): cannot open", str(exc))
+    unique = sorted(set(names) - {n for n in names if n.startswith("libtorchcodec")})
+    return f"{', '.join(unique)} not found" if unique else str(exc).splitlines()[0]
 
 
 def silence_native_logs() -> None:

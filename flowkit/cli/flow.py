@@ -97,6 +97,9 @@ def parse_devices(text: str) -> tuple[str, tuple[str, ...]]:
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=None, help="[default: 95]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Frame pairs per engine call.  [default: 32 on GPU, 8 on CPU]")
+@click.option("--jpeg-encoder", type=click.Choice(["auto", "opencv", "torchvision"]), default=None,
+              help="JPEG encoder: opencv (libjpeg-turbo), torchvision (nvJPEG on CUDA); auto = torchvision "
+                   "on a CUDA device, else opencv. Recorded in the job.  [default: auto]")
 @tvl1_options
 @decode_options
 @handle_errors

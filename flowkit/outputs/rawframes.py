@@ -10,6 +10,7 @@ import contextlib
 import glob
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,8 @@ def _write_bytes(path: Path, data: bytes) -> None:
 class FolderWriter:
     """Writes one video's files into a temporary folder on a small thread pool, then renames it into place."""
 
-    def __init__(self, final_dir: Path, threads: int = 2, max_pending: int = 64) -> None:
+    def __init__(self, final_dir: Path, threads: int = 2, max_pending: int = 64,
+                 jpeg_encoder: Callable[[Sequence[np.ndarray], int], list[bytes]] | None = None) -> None:
         self.final_dir = Path(final_dir)
         self.tmp_dir = self.final_dir.parent / f".{self.final_dir.name}.tmp-{os.getpid()}"
         remove_stale(self.final_dir)
@@ -90,6 +92,7 @@ class FolderWriter:
         self._pool = ThreadPoolExecutor(max_workers=threads)
         self._pending: list[Future[None]] = []
         self._max_pending = max_pending
+        self._jpeg = jpeg_encoder  # None: cv2.imencode (flowkit.outputs.jpeg for the others)
         self.count = 0
 
     def write_image(self, name: str, image: np.ndarray, jpeg_quality: int = 95) -> None:
@@ -100,11 +103,30 @@ class FolderWriter:
         if len(self._pending) >= self._max_pending:
             self._drain(self._max_pending // 2)
 
+    def write_images(self, names: Sequence[str], images: Sequence[np.ndarray],
+                     jpeg_quality: int = 95) -> None:
+        """Queue a batch of images encoded in one call (a GPU JPEG encoder batches them)."""
+        if self._jpeg is None or not names or not names[0].endswith(".jpg"):
+            for name, image in zip(names, images, strict=True):
+                self.write_image(name, image, jpeg_quality)
+            return
+        self._pending.append(self._pool.submit(self._encode_batch, list(names), list(images), jpeg_quality))
+        self.count += len(names)
+        if len(self._pending) >= self._max_pending:
+            self._drain(self._max_pending // 2)
+
+    def _encode_batch(self, names: list[str], images: list[np.ndarray], quality: int) -> None:
+        for name, data in zip(names, self._jpeg(images, quality), strict=True):
+            _write_bytes(self.tmp_dir / name, data)
+
     def write_file(self, name: str, data: bytes) -> None:
         """Write raw bytes (e.g. a JSON sidecar) into the folder."""
         _write_bytes(self.tmp_dir / name, data)
 
     def _encode_write(self, name: str, image: np.ndarray, ext: str, quality: int) -> None:
+        if ext == "jpg" and self._jpeg is not None:
+            _write_bytes(self.tmp_dir / name, self._jpeg([image], quality)[0])
+            return
         _write_bytes(self.tmp_dir / name, encode_image(image, ext, quality))
 
     def _drain(self, keep: int = 0) -> None:

@@ -50,6 +50,7 @@ class FlowConfig:
     device: str = "auto"
     batch_size: int | None = None
     decode: DecodeOptions = field(default_factory=DecodeOptions)
+    jpeg_encoder: str = "auto"
 
     def __post_init__(self) -> None:
         if self.algorithm == "auto":  # the fastest TV-L1 at equal accuracy here (bench/flow_engines.py)
@@ -74,6 +75,9 @@ class FlowConfig:
             raise ConfigError(f"--jpeg-quality must be in 1..100, got {self.jpeg_quality}")
         get_layout(self.layout)
         Resize(self.short_side, self.size)
+        from flowkit.outputs.jpeg import resolve_jpeg_encoder  # recorded: the encoder changes JPEG bytes
+
+        object.__setattr__(self, "jpeg_encoder", resolve_jpeg_encoder(self.jpeg_encoder, self.device))
 
     def output_config(self) -> dict[str, Any]:
         """What decides the output (device and batch size do not: a batch equals single runs)."""
@@ -167,7 +171,10 @@ def extract_video(item: VideoItem, target: Path, cfg: FlowConfig, device: str) -
     reader = VideoReader(item.path, Resize(cfg.short_side, cfg.size), cfg.decode)
     engine = engine_for(cfg, device)
     batch = cfg.batch_size or default_batch_size(getattr(engine, "device", device))
-    with FolderWriter(target) as writer:
+    from flowkit.outputs.jpeg import make_jpeg_encoder
+
+    encoder = None if cfg.jpeg_encoder == "opencv" else make_jpeg_encoder(cfg.jpeg_encoder, device)
+    with FolderWriter(target, jpeg_encoder=encoder) as writer:
         sink = _make_sink(writer, cfg, item)
         rgb = _stream(reader, engine, batch, sink, writer, cfg)
         sink.close()
