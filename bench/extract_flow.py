@@ -147,6 +147,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--naive", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--rss-frames", type=int, nargs=2, default=(100, 2000), metavar=("SHORT", "LONG"))
+    ap.add_argument("--source-codec", default="mjpg", choices=["mjpg", "h264"],
+                    help="input video of the engine/e2e comparison: MJPG .avi or H.264 .mp4 (real datasets)")
     ap.add_argument("--pipeline", action="store_true", help="the non-engine pipeline table (null engine)")
     ap.add_argument("--decoders", nargs="+", default=["pyav"], choices=["pyav", "opencv", "torchcodec"])
     args = ap.parse_args()
@@ -156,22 +158,25 @@ def main() -> None:
     w, h = (int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        video = moving_video(root / "bench.avi", n=args.frames, height=h, width=w, dx=1.3, dy=-0.7,
-                             fourcc="MJPG")
+        if args.source_codec == "h264":
+            video = write_video_av(root / "bench.mp4", iter_moving_frames(args.frames, h, w, 1.3, -0.7))
+        else:
+            video = moving_video(root / "bench.avi", n=args.frames, height=h, width=w, dx=1.3, dy=-0.7,
+                                 fourcc="MJPG")
         frames, _ = read_all(video)
         gray = np.stack([to_gray(f.image) for f in frames])
         pairs = len(gray) - 1
         engine = create_engine(args.engine, device=args.device)
         engine(gray[:2], gray[1:3])  # warm-up (compilation, allocations)
-        cfg = FlowConfig(algorithm=args.engine, batch_size=args.batch_size)
+        cfg = FlowConfig(algorithm=args.engine, batch_size=args.batch_size, device=args.device)
         flowkit_e2e(video, root / "warm", cfg, args.device)
         t_engine = engine_only(engine, gray, args.batch_size)
         t_e2e = flowkit_e2e(video, root / "e2e", cfg, args.device)
         rows = [("engine only", t_engine), ("flowkit extract (decode+flow+write)", t_e2e)]
         if args.naive:
             rows.append(("naive loop (cv2 decode, cv2.optflow, imwrite)", naive_loop(video, root / "naive")))
-        print(f"# extract-flow, {w}x{h}, {pairs} pairs, engine {args.engine} on {args.device}, "
-              f"batch {args.batch_size}")
+        print(f"# extract-flow, {w}x{h} {args.source_codec} source, {pairs} pairs, engine {args.engine} on "
+              f"{args.device}, batch {args.batch_size}")
         print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
               f"torch {torch.__version__}, opencv {cv2.__version__}\n")
         print("| pipeline | seconds | pairs/s | vs engine only |\n|---|---|---|---|")
