@@ -270,11 +270,22 @@ class PyAVBackend:
                 continue
             for frame in decoded:
                 ts = None if frame.pts is None or frame.time is None else frame.time - start
-                yield (frame.to_ndarray(format="bgr24") if convert else None), ts
+                yield (_upright(frame) if convert else None), ts
 
     def close(self) -> None:
         """See Backend.close."""
         self.container.close()
+
+
+# OpenCV turns frames upright from the display matrix (CAP_PROP_ORIENTATION_AUTO); so does pyav, the same
+# way: OpenCV's angle is -rotation (PyAV's counter-clockwise degrees) modulo 360.
+_ROTATIONS = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
+
+
+def _upright(frame: Any) -> np.ndarray:
+    image = frame.to_ndarray(format="bgr24")
+    angle = -round(frame.rotation or 0) % 360
+    return cv2.rotate(image, _ROTATIONS[angle]) if angle in _ROTATIONS else image
 
 
 class TorchCodecBackend:

@@ -180,3 +180,20 @@ def test_prefetch_bounds_the_bytes_it_buffers():
             time.sleep(0.3)  # give the decode thread every chance to run ahead
         ahead.append(len(produced) - k)
     assert len(ahead) == 12 and max(ahead) <= 5, ahead  # 1 consumed + 3 queued + 1 waiting for room
+
+
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+def test_pyav_turns_rotated_videos_upright_like_opencv(tmp_path, degrees):
+    path = tmp_path / f"rot{degrees}.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.set_display_rotation(degrees)  # a phone video's display matrix
+        for image in iter_moving_frames(3, 64, 96, 1.0, 0.0):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")))
+        container.mux(stream.encode())
+    ours, _ = read_all(path, options=DecodeOptions(decoder="pyav"))
+    theirs, _ = read_all(path, options=DecodeOptions(decoder="opencv"))
+    assert ours[0].image.shape == theirs[0].image.shape == ((64, 96, 3) if degrees == 180 else (96, 64, 3))
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(a.image, b.image)
