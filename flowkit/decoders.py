@@ -217,6 +217,7 @@ class PyAVBackend:
 
     def __init__(self, path: Path) -> None:
         import av
+        import av.video.reformatter
 
         self.path, self.errors = path, 0
         try:
@@ -229,7 +230,9 @@ class PyAVBackend:
             raise VideoError(path, f"no video stream{audio}")
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"
-        self.stream.codec_context.thread_count = decode_threads()
+        self._threads = decode_threads()
+        self.stream.codec_context.thread_count = self._threads
+        self._reformatter = av.video.reformatter.VideoReformatter()
         self.info = self._header()
 
     def _header(self) -> VideoInfo:
@@ -270,7 +273,13 @@ class PyAVBackend:
                 continue
             for frame in decoded:
                 ts = None if frame.pts is None or frame.time is None else frame.time - start
-                yield (_upright(frame) if convert else None), ts
+                yield (self._bgr(frame) if convert else None), ts
+
+    def _bgr(self, frame: Any) -> np.ndarray:
+        """BGR uint8, contiguous and upright; one swscale context per video (not one per frame)."""
+        bgr = self._reformatter.reformat(frame, format="bgr24", threads=self._threads)
+        # PyAV hands out a view with padded rows (stride 1056 for 340 px): every cv2 call would copy it.
+        return _upright(np.ascontiguousarray(bgr.to_ndarray()), frame.rotation)
 
     def close(self) -> None:
         """See Backend.close."""
@@ -282,9 +291,8 @@ class PyAVBackend:
 _ROTATIONS = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
 
 
-def _upright(frame: Any) -> np.ndarray:
-    image = frame.to_ndarray(format="bgr24")
-    angle = -round(frame.rotation or 0) % 360
+def _upright(image: np.ndarray, rotation: float | None) -> np.ndarray:
+    angle = -round(rotation or 0) % 360
     return cv2.rotate(image, _ROTATIONS[angle]) if angle in _ROTATIONS else image
 
 
