@@ -91,6 +91,7 @@ def test_allow_truncated_through_the_cli_is_recorded(tmp_path):
     assert not (out / "bad").exists() and len(list((out / "good").glob("flow_x_*"))) == 4
     again = run("extract-flow", videos, "-o", out, "-a", "dis", "--allow-truncated")
     assert again.exit_code == 0, again.output
+    assert "bad.mp4: truncated or corrupt video: decoded" in again.output  # a NOTE in the summary
     record = Manifest(out).read_done("bad")
     assert record["truncated"].startswith("truncated or corrupt video: decoded")
     assert len(list((out / "bad").glob("img_*"))) == record["num_frames"] >= 50

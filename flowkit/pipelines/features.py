@@ -421,7 +421,7 @@ class FeaturesPipeline:
         writer.add_video(item.video_id, datasets, attrs)
         result.frames += int(attrs["num_frames"])
         if "note" in attrs:
-            result.notes.append((str(item.path), attrs["note"]))
+            result.notes.extend((str(item.path), attrs[k]) for k in ("note", "truncated") if k in attrs)
         return True
 
     def _process_npy(self, unit: Unit, manifest: Manifest, features: VideoFeatures) -> UnitResult:
@@ -443,7 +443,7 @@ class FeaturesPipeline:
         atomic_write_text(sidecar, json.dumps(meta))
         rel = [str(p.relative_to(self.out_dir)) for p in [*files, sidecar]]
         manifest.write_done(unit.uid, {"video_id": item.video_id, "files": rel, "failed": []})
-        notes = [(str(item.path), attrs["note"])] if "note" in attrs else []
+        notes = [(str(item.path), attrs[k]) for k in ("note", "truncated") if k in attrs]
         return UnitResult(unit.uid, "done", frames=int(attrs["num_frames"]), notes=notes)
 
     def finalize(self, manifest: Manifest) -> None:

@@ -145,7 +145,7 @@ class FlowPipeline:
         device = current_device(self.cfg.device)
         record = extract_video(item, self.out_dir / unit.uid, self.cfg, device)
         manifest.write_done(unit.uid, record)
-        notes = [(str(item.path), record["note"])] if "note" in record else []
+        notes = [(str(item.path), record[k]) for k in ("note", "truncated") if k in record]
         return UnitResult(unit.uid, "done", frames=record["num_frames"], record=record, notes=notes)
 
     def finalize(self, manifest: Manifest) -> None:

@@ -145,7 +145,8 @@ class FramesPipeline:
         if reader.truncated:
             record["truncated"] = reader.truncated
         manifest.write_done(unit.uid, record)
-        return UnitResult(unit.uid, "done", frames=reader.num_frames, record={"rgb": count})
+        notes = [(str(item.path), reader.truncated)] if reader.truncated else []
+        return UnitResult(unit.uid, "done", frames=reader.num_frames, record={"rgb": count}, notes=notes)
 
     def _write(self, item: VideoItem, timestamps: np.ndarray | None) -> tuple[int, VideoReader]:
         """Decode once, keep the selected frames, write them (JPEG folder or streamed npz)."""
