@@ -302,7 +302,15 @@ class TorchCodecBackend:
     def __init__(self, path: Path, device: str) -> None:
         decoder_cls = load_torchcodec()
         self.path, self.errors = path, 0
-        target = device if device.startswith("cuda") else "cpu"
+        target = "cpu"
+        if device != "cpu":
+            import torch
+
+            from flowkit.jobs.runner import current_device  # several GPUs: this worker's own
+
+            if torch.cuda.is_available():
+                mine = current_device(device)
+                target = mine if mine.startswith("cuda") else "cuda"
         try:
             self.decoder = decoder_cls(str(path), device=target, seek_mode="approximate")
         except (RuntimeError, ValueError) as exc:
