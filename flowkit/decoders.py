@@ -312,7 +312,9 @@ class TorchCodecBackend:
                 mine = current_device(device)
                 target = mine if mine.startswith("cuda") else "cuda"
         try:
-            self.decoder = decoder_cls(str(path), device=target, seek_mode="approximate")
+            # exact: the frame count comes from a scan of the packets, so len() is what can be decoded
+            self.decoder = decoder_cls(str(path), device=target, seek_mode="exact",
+                                       num_ffmpeg_threads=decode_threads())
         except (RuntimeError, ValueError) as exc:
             cause = "no video stream" if "video stream" in str(exc).lower() else OPEN_FAILED
             raise VideoError(path, cause) from None
