@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU acceptance in one go (< 8 minutes on a lent GPU): the `gpu` tests, engine pairs/s at batch 8/32/64,
+# GPU acceptance in one go (step limits add up to 455 s: < 8 minutes on a lent GPU): the `gpu` tests, engine pairs/s at batch 8/32/64,
 # extract-flow end to end vs the engine alone on H.264 input, the non-engine pipeline per core, decoder
 # pixel differences, and the two-stream I3D real-time factor. Writes a BENCHMARKS.md-format block to
 # stdout and to FILE (default gpu_acceptance.md). Each step has its own time limit; a step that fails
@@ -33,15 +33,15 @@ import cv2, numpy, torch
 print(f"- versions: torch {torch.__version__} (CUDA {torch.version.cuda}), opencv {cv2.__version__}, "
       f"numpy {numpy.__version__}; cuda available: {torch.cuda.is_available()}")
 PY
-    step "gpu tests (pytest -m gpu)" 120 $PY -m pytest -q -m gpu -p no:cacheprovider
-    step "flow engines, 340x256, batch 8/32/64" 130 \
+    step "gpu tests (pytest -m gpu)" 110 $PY -m pytest -q -m gpu -p no:cacheprovider
+    step "flow engines, 340x256, batch 8/32/64" 120 \
         $PY bench/flow_engines.py --device cuda --sizes 340x256 --batch-sizes 8,32,64 --pairs 64
-    step "extract-flow end to end vs engine alone, H.264 340x256" 70 \
+    step "extract-flow end to end vs engine alone, H.264 340x256" 60 \
         $PY bench/extract_flow.py --device cuda --batch-size 32 --no-naive --source-codec h264 \
         --frames 257 --rss-frames 50 200
-    step "non-engine pipeline per core (null engine)" 60 \
+    step "non-engine pipeline per core (null engine)" 50 \
         $PY bench/extract_flow.py --pipeline --frames 150 --decoders pyav opencv torchcodec
-    step "decoders vs OpenCV (pixel differences)" 30 $PY bench/decoders.py --frames 60 --size 640x360
+    step "decoders vs OpenCV (pixel differences)" 25 $PY bench/decoders.py --frames 60 --size 640x360
     step "two-stream I3D real-time factor" 90 \
         $PY bench/features.py --device cuda --amp bf16 --batch-size 16 --seconds 20 \
         --cases "i3d rgb+flow tvl1 (16f, stride 16)"
