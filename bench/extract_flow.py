@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from flowkit.decoders import DecodeOptions
+from flowkit.errors import FlowkitError
 from flowkit.flow import create_engine
 from flowkit.flow.quantize import quantize
 from flowkit.inputs import VideoItem
@@ -133,7 +134,11 @@ def pipeline_table(frames: int, decoders: list[str]) -> None:
         for w, h in PIPELINE_SOURCES:
             video = write_video_av(root / f"{w}x{h}.mp4", iter_moving_frames(frames, h, w, 1.3, -0.7))
             for decoder in decoders:
-                pairs, cpu, wall, dec = pipeline_row(video, root / f"{w}x{h}-{decoder}", decoder)
+                try:
+                    pairs, cpu, wall, dec = pipeline_row(video, root / f"{w}x{h}-{decoder}", decoder)
+                except FlowkitError as exc:  # e.g. torchcodec without FFmpeg's shared libraries
+                    print(f"| {w}x{h} | {decoder} | unavailable: {exc} | | | |")
+                    continue
                 print(f"| {w}x{h} | {decoder} | {pairs / cpu:.0f} | {(pairs + 1) / dec:.0f} | "
                       f"{pairs / wall:.0f} | {1000 * cpu / pairs:.1f} |", flush=True)
 
