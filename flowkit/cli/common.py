@@ -108,3 +108,38 @@ def finish(summary: Any) -> None:
 def drop_unset(**values: Any) -> dict[str, Any]:
     """Options the user did not give stay None on the CLI; the library's config fills the defaults."""
     return {k: v for k, v in values.items() if v is not None}
+
+
+# -- how videos are read (every command that decodes: extract-flow, sample-frames, features) ------------
+DECODE_KEYS = ("decoder", "allow_truncated", "max_pixels", "input_frames", "frames_fps")
+
+
+def decode_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--decoder, --allow-truncated, --max-pixels, --input-frames, --frames-fps (flowkit.decoders)."""
+    decorators = [
+        click.option("--decoder", type=click.Choice(["auto", "pyav", "opencv", "torchcodec"]), default=None,
+                     help="Video decoder; auto = pyav (FFmpeg, goes on past corrupt packets), torchcodec "
+                          "(NVDEC) when decoding for CUDA. Recorded in the job.  [default: auto]"),
+        click.option("--allow-truncated", is_flag=True, default=None,
+                     help="Accept videos that decode far short of their header or with decoder errors "
+                          "(noted in the done record) instead of failing them."),
+        click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+                     help="Refuse videos whose frames exceed this many pixels (from the header, before "
+                          "decoding).  [default: 35389440 = 8192x4320]"),
+        click.option("--input-frames", is_flag=True, default=None,
+                     help="INPUT holds folders of extracted frames: each folder of images is one video "
+                          "(images in natural name order)."),
+        click.option("--frames-fps", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Frame rate of --input-frames folders (timestamps k/fps).  [default: 30]"),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def pop_decode_options(values: dict[str, Any], device: str = "cpu") -> Any:
+    """Take the decode options out of a command's keyword arguments into a DecodeOptions."""
+    from flowkit.decoders import DecodeOptions
+
+    given = drop_unset(**{k: values.pop(k, None) for k in DECODE_KEYS})
+    return DecodeOptions(**given, device=device)

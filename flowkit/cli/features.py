@@ -7,7 +7,16 @@ from typing import Any
 
 import click
 
-from flowkit.cli.common import batch_options, drop_unset, finish, handle_errors, run_options, setup_logging
+from flowkit.cli.common import (
+    batch_options,
+    decode_options,
+    drop_unset,
+    finish,
+    handle_errors,
+    pop_decode_options,
+    run_options,
+    setup_logging,
+)
 from flowkit.pipelines.features import COMBINES, STREAMS
 
 
@@ -127,6 +136,7 @@ from flowkit.pipelines.features import COMBINES, STREAMS
     default=None,
     help="Autocast precision on GPU.  [default: none]",
 )
+@decode_options
 @handle_errors
 def features(
     input_path: Path,
@@ -160,7 +170,8 @@ def features(
 
     setup_logging(quiet)
     engine_device, devices = parse_devices(device or "auto")
-    cfg = FeaturesConfig(**drop_unset(format=fmt, **options), device=engine_device)
+    decode = pop_decode_options(options, devices[0] if devices else engine_device)
+    cfg = FeaturesConfig(**drop_unset(format=fmt, **options), device=engine_device, decode=decode)
     if cfg.random_weights:
         click.echo(
             "WARNING: --random-weights: the features are meaningless (smoke test / benchmark only)", err=True
@@ -168,4 +179,5 @@ def features(
     opts = run_options(
         max(jobs, len(devices)), backend, scheduler, shard, overwrite, retry_failed, quiet, devices
     )
-    finish(run_pipeline(FeaturesPipeline(cfg, out_dir), discover(input_path), out_dir, opts))
+    items = discover(input_path, input_frames=decode.input_frames)
+    finish(run_pipeline(FeaturesPipeline(cfg, out_dir), items, out_dir, opts))

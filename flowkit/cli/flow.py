@@ -9,7 +9,16 @@ from typing import Any
 
 import click
 
-from flowkit.cli.common import batch_options, drop_unset, finish, handle_errors, run_options, setup_logging
+from flowkit.cli.common import (
+    batch_options,
+    decode_options,
+    drop_unset,
+    finish,
+    handle_errors,
+    pop_decode_options,
+    run_options,
+    setup_logging,
+)
 from flowkit.cli.frames import CLASSES_HELP, geometry_options, make_resize_kwargs
 from flowkit.outputs.flowfiles import FLOW_FORMATS
 from flowkit.outputs.rawframes import LAYOUTS
@@ -90,7 +99,11 @@ def parse_devices(text: str) -> tuple[str, tuple[str, ...]]:
               default=None, help=CLASSES_HELP)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Frame pairs per engine call.  [default: 32 on GPU, 8 on CPU]")
+@click.option("--jpeg-encoder", type=click.Choice(["auto", "opencv", "torchvision"]), default=None,
+              help="JPEG encoder: opencv (libjpeg-turbo), torchvision (nvJPEG on CUDA); auto = torchvision "
+                   "on a CUDA device, else opencv. Recorded in the job.  [default: auto]")
 @tvl1_options
+@decode_options
 @handle_errors
 def extract_flow(input_path: Path, out_dir: Path, jobs: int, backend: str, scheduler: str | None,
                  shard: str | None, overwrite: bool, retry_failed: bool, quiet: bool, device: str,
@@ -113,11 +126,13 @@ def extract_flow(input_path: Path, out_dir: Path, jobs: int, backend: str, sched
     setup_logging(quiet)
     engine_device, devices = parse_devices(device)
     engine_params = tvl1_params(options)
+    decode = pop_decode_options(options, devices[0] if devices else engine_device)
     cfg = FlowConfig(**drop_unset(format=fmt, **options), **make_resize_kwargs(short_side, size),
-                     engine_params=engine_params, device=engine_device)
+                     engine_params=engine_params, device=engine_device, decode=decode)
     opts = run_options(max(jobs, len(devices)), backend, scheduler, shard, overwrite, retry_failed, quiet,
                        devices)
-    finish(run_pipeline(FlowPipeline(cfg, out_dir), discover(input_path), out_dir, opts))
+    items = discover(input_path, input_frames=decode.input_frames)
+    finish(run_pipeline(FlowPipeline(cfg, out_dir), items, out_dir, opts))
 
 
 @click.command("visualize")

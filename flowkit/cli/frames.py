@@ -9,9 +9,11 @@ import click
 
 from flowkit.cli.common import (
     batch_options,
+    decode_options,
     drop_unset,
     finish,
     handle_errors,
+    pop_decode_options,
     run_options,
     setup_logging,
 )
@@ -69,6 +71,7 @@ def make_resize_kwargs(short_side: int | None, size: str | None) -> dict[str, An
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=None, help="[default: 95]")
 @click.option("--classes", type=click.Path(exists=True, dir_okay=False, resolve_path=True), default=None,
               help=CLASSES_HELP)
+@decode_options
 @handle_errors
 def sample_frames(input_path: Path, out_dir: Path, jobs: int, backend: str, scheduler: str | None,
                   shard: str | None, overwrite: bool, retry_failed: bool, quiet: bool,
@@ -87,6 +90,9 @@ def sample_frames(input_path: Path, out_dir: Path, jobs: int, backend: str, sche
     from flowkit.pipelines.frames import FramesConfig, FramesPipeline
 
     setup_logging(quiet)
-    cfg = FramesConfig(**drop_unset(format=fmt, **sampler), **make_resize_kwargs(short_side, size))
+    decode = pop_decode_options(sampler)
+    cfg = FramesConfig(**drop_unset(format=fmt, **sampler), **make_resize_kwargs(short_side, size),
+                       decode=decode)
     opts = run_options(jobs, backend, scheduler, shard, overwrite, retry_failed, quiet)
-    finish(run_pipeline(FramesPipeline(cfg, out_dir), discover(input_path), out_dir, opts))
+    items = discover(input_path, input_frames=decode.input_frames)
+    finish(run_pipeline(FramesPipeline(cfg, out_dir), items, out_dir, opts))

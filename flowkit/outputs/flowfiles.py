@@ -29,10 +29,12 @@ class ImagePairSink:
     def add(self, flows: np.ndarray, timestamps: np.ndarray) -> None:
         """Append a batch of flows (B, 2, H, W) float32; timestamps are unused in image form."""
         levels = quantize(flows, self.bound)
+        names, images = [], []
         for q in levels:
-            self.writer.write_image(self.layout.flow_name("x", self.count, self.ext), q[0], self.quality)
-            self.writer.write_image(self.layout.flow_name("y", self.count, self.ext), q[1], self.quality)
+            names += [self.layout.flow_name(axis, self.count, self.ext) for axis in "xy"]
+            images += [q[0], q[1]]
             self.count += 1
+        self.writer.write_images(names, images, self.quality)
 
     def close(self) -> None:
         """Nothing to flush here: the folder writer drains on commit."""

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import numpy as np
 
 import flowkit
 from flowkit.atomic import atomic_write_text
+from flowkit.decoders import DecodeOptions
 from flowkit.errors import ConfigError, VideoError
 from flowkit.inputs import VideoItem
 from flowkit.jobs.manifest import Manifest
@@ -72,6 +73,7 @@ class FeaturesConfig:
     batch_size: int = 8
     device: str = "auto"
     amp: str = "none"
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
 
     def __post_init__(self) -> None:
         from flowkit.models import get_model_spec
@@ -145,6 +147,7 @@ class FeaturesConfig:
         """What decides the output (device and batch size do not)."""
         config = asdict(self)
         del config["device"], config["batch_size"]
+        config["decode"] = self.decode.output_config()
         return config
 
 
@@ -230,10 +233,11 @@ class VideoFeatures:
 
     def compute(self, item: VideoItem) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Decode, window, run the model(s); returns (datasets, group attributes) for the HDF5 group."""
-        timestamps, info = scan_timestamps(item.path)
+        timestamps, info = scan_timestamps(item.path, self.cfg.decode)
         plan = plan_windows(timestamps, self.clip_len, self.stride, self.cfg.fps, self.cfg.pad_last)
         notes: list[str] = []
-        outputs = self._run(item, plan, info, notes)
+        reader = VideoReader(item.path, self.geometry, self.cfg.decode)
+        outputs = self._run(item, plan, info, notes, reader)
         datasets = self._datasets(plan, outputs)
         attrs = {
             "source": str(item.path),
@@ -246,6 +250,8 @@ class VideoFeatures:
             "clip_len": self.clip_len,
             "stride": self.stride,
         }
+        if reader.truncated:
+            attrs["truncated"] = reader.truncated  # accepted with --allow-truncated
         if len(plan.windows) == 0:
             notes.append(f"shorter than one {self.clip_len}-frame window: no features")
         if notes:
@@ -253,13 +259,13 @@ class VideoFeatures:
         return datasets, attrs
 
     def _run(
-        self, item: VideoItem, plan: WindowPlan, info: Any, notes: list[str]
+        self, item: VideoItem, plan: WindowPlan, info: Any, notes: list[str], video: VideoReader
     ) -> dict[str, list[np.ndarray]]:
         wants_flow = "flow" in self.cfg.streams
         lookup = self._flow_lookup(item, info, notes) if wants_flow and self.cfg.flow_dir else None
         flow_fn = self._flow_fn() if wants_flow and lookup is None else None
         assembler = WindowAssembler(plan, "rgb" in self.cfg.streams, flow_fn, self.cfg.batch_size, lookup)
-        reader = prefetch(VideoReader(item.path, self.geometry), depth=2 * self.clip_len)
+        reader = prefetch(video, depth=2 * self.clip_len)
         outputs: dict[str, list[np.ndarray]] = {}
         batch: list[Window] = []
         for window in assembler.feed(reader):
@@ -467,7 +473,7 @@ class FeaturesPipeline:
             result = UnitResult(unit.uid, "failed", failures=[(str(item.path), cause)])
         else:
             manifest.write_done(unit.uid, {"video_id": item.video_id, "shard": self._shard_of(unit)})
-            notes = [(str(item.path), attrs["note"])] if "note" in attrs else []
+            notes = [(str(item.path), attrs[k]) for k in ("note", "truncated") if k in attrs]
             result = UnitResult(unit.uid, "done", frames=int(attrs["num_frames"]), notes=notes)
         # The worker that settles a shard's last video assembles it (finalize is the safety net).
         members = shard_members(manifest, self.cfg.videos_per_shard, unit.index)
@@ -492,7 +498,7 @@ class FeaturesPipeline:
         atomic_write_text(sidecar, json.dumps(meta))
         rel = [str(p.relative_to(self.out_dir)) for p in [*files, sidecar]]
         manifest.write_done(unit.uid, {"video_id": item.video_id, "files": rel, "failed": []})
-        notes = [(str(item.path), attrs["note"])] if "note" in attrs else []
+        notes = [(str(item.path), attrs[k]) for k in ("note", "truncated") if k in attrs]
         return UnitResult(unit.uid, "done", frames=int(attrs["num_frames"]), notes=notes)
 
     def finalize(self, manifest: Manifest) -> list[tuple[str, str]]:

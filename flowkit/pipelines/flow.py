@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from flowkit.decoders import DecodeOptions
 from flowkit.errors import ConfigError, FlowkitError
 from flowkit.inputs import VideoItem
 from flowkit.jobs.manifest import Manifest
@@ -31,6 +32,7 @@ from flowkit.video import Resize, VideoReader, to_gray
 log = logging.getLogger("flowkit")
 
 ALGORITHMS = ("auto", "tvl1", "tvl1-opencv", "farneback", "dis", "tvl1-cuda-opencv")
+BENCH_ALGORITHMS = ("null",)  # library/benchmarks only (zero flow): not offered by the CLI
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class FlowConfig:
     classes: str | None = None
     device: str = "auto"
     batch_size: int | None = None
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
+    jpeg_encoder: str = "auto"
 
     def __post_init__(self) -> None:
         if self.classes is not None:
@@ -58,11 +62,11 @@ class FlowConfig:
             from flowkit.flow import default_engine
 
             object.__setattr__(self, "algorithm", default_engine(self.device))
-        if self.algorithm not in ALGORITHMS:
+        if self.algorithm not in ALGORITHMS + BENCH_ALGORITHMS:
             raise ConfigError(f"unknown algorithm {self.algorithm!r}; choose from {', '.join(ALGORITHMS)}")
         from flowkit.flow import list_engines
 
-        if self.algorithm not in list_engines():
+        if self.algorithm not in list_engines(include_hidden=True):
             raise ConfigError(f"--algorithm {self.algorithm} is not available here (available: "
                               f"{', '.join(list_engines())}; tvl1-cuda-opencv needs cv2 built with CUDA)")
         if self.engine_params and not self.algorithm.startswith("tvl1"):
@@ -76,11 +80,15 @@ class FlowConfig:
             raise ConfigError(f"--jpeg-quality must be in 1..100, got {self.jpeg_quality}")
         get_layout(self.layout)
         Resize(self.short_side, self.size)
+        from flowkit.outputs.jpeg import resolve_jpeg_encoder  # recorded: the encoder changes JPEG bytes
+
+        object.__setattr__(self, "jpeg_encoder", resolve_jpeg_encoder(self.jpeg_encoder, self.device))
 
     def output_config(self) -> dict[str, Any]:
         """What decides the output (device and batch size do not: a batch equals single runs)."""
         config = asdict(self)
         del config["device"], config["batch_size"]
+        config["decode"] = self.decode.output_config()
         return config
 
 
@@ -142,7 +150,7 @@ class FlowPipeline:
         device = current_device(self.cfg.device)
         record = extract_video(item, self.out_dir / unit.uid, self.cfg, device)
         manifest.write_done(unit.uid, record)
-        notes = [(str(item.path), record["note"])] if "note" in record else []
+        notes = [(str(item.path), record[k]) for k in ("note", "truncated") if k in record]
         return UnitResult(unit.uid, "done", frames=record["num_frames"], record=record, notes=notes)
 
     def finalize(self, manifest: Manifest) -> list[tuple[str, str]]:
@@ -171,10 +179,13 @@ def verify_video_folder(folder: Path, record: dict[str, Any], cfg: FlowConfig) -
 
 def extract_video(item: VideoItem, target: Path, cfg: FlowConfig, device: str) -> dict[str, Any]:
     """Decode once, write RGB and flow for one video into `target` (atomically); returns the done record."""
-    reader = VideoReader(item.path, Resize(cfg.short_side, cfg.size))
+    reader = VideoReader(item.path, Resize(cfg.short_side, cfg.size), cfg.decode)
     engine = engine_for(cfg, device)
     batch = cfg.batch_size or default_batch_size(getattr(engine, "device", device))
-    with FolderWriter(target) as writer:
+    from flowkit.outputs.jpeg import make_jpeg_encoder
+
+    encoder = None if cfg.jpeg_encoder == "opencv" else make_jpeg_encoder(cfg.jpeg_encoder, device)
+    with FolderWriter(target, jpeg_encoder=encoder) as writer:
         sink = _make_sink(writer, cfg, item, engine)
         rgb = _stream(reader, engine, batch, sink, writer, cfg)
         sink.close()
@@ -182,6 +193,8 @@ def extract_video(item: VideoItem, target: Path, cfg: FlowConfig, device: str) -
               "rgb": rgb, "flow": sink.count, "format": cfg.format}
     if reader.warnings:
         record["warnings"] = reader.warnings
+    if reader.truncated:
+        record["truncated"] = reader.truncated
     if reader.num_frames <= cfg.step:
         record["note"] = f"only {reader.num_frames} frame(s): RGB written, no flow pairs at step {cfg.step}"
         log.warning("%s: %s", item.path, record["note"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,13 +12,14 @@ import cv2
 import numpy as np
 
 from flowkit import sampling
-from flowkit.atomic import atomic_write
+from flowkit.decoders import DecodeOptions
 from flowkit.errors import ConfigError
 from flowkit.inputs import VideoItem
 from flowkit.jobs.manifest import Manifest
 from flowkit.jobs.runner import Unit, UnitResult
 from flowkit.outputs.lists import read_class_map, write_job_lists
-from flowkit.outputs.rawframes import FolderWriter, count_files, get_layout, remove_stale
+from flowkit.outputs.npzstream import NpzStreamWriter
+from flowkit.outputs.rawframes import FolderWriter, count_files, get_layout
 from flowkit.video import Frame, Resize, VideoReader, scan_timestamps
 
 SAMPLERS = ("all", "fps", "uniform", "tsn", "dense", "slowfast")
@@ -50,6 +51,7 @@ class FramesConfig:
     format: str = "jpg"
     jpeg_quality: int = 95
     classes: str | None = None
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
 
     def __post_init__(self) -> None:
         if self.classes is not None:
@@ -109,7 +111,7 @@ class FramesPipeline:
 
     def output_config(self) -> dict[str, Any]:
         """See Pipeline.output_config."""
-        return asdict(self.cfg)
+        return {**asdict(self.cfg), "decode": self.cfg.decode.output_config()}
 
     def make_units(self, items: Sequence[VideoItem]) -> list[Unit]:
         """One unit per video."""
@@ -139,50 +141,49 @@ class FramesPipeline:
         if self.cfg.sampler == "all":
             timestamps = None
         else:
-            timestamps, _ = scan_timestamps(item.path)
-        count, decoded, _ = self._write(item, timestamps)
-        manifest.write_done(
-            unit.uid,
-            {"video_id": unit.uid, "rgb": count, "num_frames": decoded, "source": str(item.path)},
-        )
-        return UnitResult(unit.uid, "done", frames=decoded, record={"rgb": count})
+            timestamps, _ = scan_timestamps(item.path, self.cfg.decode)
+        count, reader = self._write(item, timestamps)
+        record = {"video_id": unit.uid, "rgb": count, "num_frames": reader.num_frames,
+                  "source": str(item.path)}
+        if reader.truncated:
+            record["truncated"] = reader.truncated
+        manifest.write_done(unit.uid, record)
+        notes = [(str(item.path), reader.truncated)] if reader.truncated else []
+        return UnitResult(unit.uid, "done", frames=reader.num_frames, record={"rgb": count}, notes=notes)
 
-    def _write(self, item: VideoItem, timestamps: np.ndarray | None) -> tuple[int, int, Selection | None]:
-        reader = VideoReader(item.path, Resize(self.cfg.short_side, self.cfg.size))
+    def _write(self, item: VideoItem, timestamps: np.ndarray | None) -> tuple[int, VideoReader]:
+        """Decode once, keep the selected frames, write them (JPEG folder or streamed npz)."""
+        reader = VideoReader(item.path, Resize(self.cfg.short_side, self.cfg.size), self.cfg.decode)
         selection = None if timestamps is None else select_frames(self.cfg, timestamps)
         if selection is None:  # every --step-th frame: known without a first pass
             frames = (f for f in reader if f.index % self.cfg.step == 0)
         else:
             wanted = set(selection.indices.tolist())
             frames = (f for f in reader if f.index in wanted)
+        groups = selection.groups if selection else {}
         if self.cfg.format == "npz":
-            kept = list(frames)
-            self._save_npz(item.video_id, kept, selection)
-            return len(kept), reader.num_frames, selection
+            return self._write_npz(item.video_id, frames, groups), reader
         layout = get_layout(self.cfg.layout)
         chosen: list[tuple[int, float]] = []  # (decoded index, timestamp) of each written frame
         with FolderWriter(self._target(item.video_id)) as writer:
             for frame in frames:
                 writer.write_image(layout.rgb_name(len(chosen)), frame.image, self.cfg.jpeg_quality)
                 chosen.append((frame.index, frame.timestamp))
-            meta = _sidecar(selection, chosen, reader.num_frames, layout.first_index)
+            meta = _sidecar(groups, chosen, reader.num_frames, layout.first_index)
             writer.write_file("sampling.json", json.dumps(meta).encode())
-        return len(chosen), reader.num_frames, selection
+        return len(chosen), reader
 
-    def _save_npz(self, video_id: str, kept: list[Frame], selection: Selection | None) -> None:
-        target = self._target(video_id)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale(target)
-        atomic_write(
-            target,
-            lambda fh: np.savez(
-                fh,
-                frames=np.stack([cv2.cvtColor(f.image, cv2.COLOR_BGR2RGB) for f in kept]),
-                indices=np.asarray([f.index for f in kept], dtype=np.int64),
-                timestamps=np.asarray([f.timestamp for f in kept], dtype=np.float64),
-                groups=json.dumps(selection.groups if selection else {}),
-            ),
-        )
+    def _write_npz(self, video_id: str, frames: Iterator[Frame], groups: dict[str, Any]) -> int:
+        """Stream the frames into one npz (RGB order), so memory does not grow with the video."""
+        writer = NpzStreamWriter(self._target(video_id))
+        try:
+            for frame in frames:
+                writer.add(cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB), frame.index, frame.timestamp)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.commit(groups)
+        return writer.count
 
     def finalize(self, manifest: Manifest) -> list[tuple[str, str]]:
         """Rebuild the annotation lists from every done record (all shards)."""
@@ -192,7 +193,7 @@ class FramesPipeline:
 
 
 def _sidecar(
-    selection: Selection | None, chosen: list[tuple[int, float]], decoded: int, first_index: int
+    groups: dict[str, Any], chosen: list[tuple[int, float]], decoded: int, first_index: int
 ) -> dict[str, Any]:
     """sampling.json beside the frames: decoded count, chosen indices/timestamps, clip structure."""
     return {
@@ -200,5 +201,5 @@ def _sidecar(
         "indices": [index for index, _ in chosen],
         "timestamps": [ts for _, ts in chosen],
         "first_file_index": first_index,
-        "groups": selection.groups if selection else {},
+        "groups": groups,
     }
