@@ -9,7 +9,16 @@ from typing import Any
 
 import click
 
-from flowkit.cli.common import batch_options, drop_unset, finish, handle_errors, run_options, setup_logging
+from flowkit.cli.common import (
+    batch_options,
+    drop_unset,
+    finish,
+    handle_errors,
+    run_options,
+    setup_logging,
+    thread_budget,
+    threads_option,
+)
 from flowkit.cli.frames import geometry_options, make_resize_kwargs
 from flowkit.outputs.flowfiles import FLOW_FORMATS
 from flowkit.outputs.rawframes import LAYOUTS
@@ -127,6 +136,7 @@ def extract_flow(input_path: Path, out_dir: Path, jobs: int, backend: str, sched
 @click.option("--max-flow", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Flow magnitude shown at full colour (default: the 99th percentile per video).")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True)
+@threads_option
 @handle_errors
 def visualize(video_dir: Path, dest: Path, bound: float, max_flow: float | None, fps: float) -> None:
     """Render a video's flow (from flow_x/flow_y images or flow.h5/flow.npy) as colour-wheel images
@@ -139,5 +149,6 @@ def visualize(video_dir: Path, dest: Path, bound: float, max_flow: float | None,
     """
     from flowkit.flow.visualize import render_folder
 
+    thread_budget()
     written = render_folder(video_dir, dest, bound=bound, max_flow=max_flow, fps=fps)
     click.echo(f"wrote {written}")
