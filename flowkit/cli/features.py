@@ -7,8 +7,10 @@ from typing import Any
 
 import click
 
+from flowkit.choices import FEATURE_COMBINES as COMBINES
+from flowkit.choices import FEATURE_STREAMS as STREAMS
+from flowkit.choices import FLOW_ALGORITHMS
 from flowkit.cli.common import batch_options, drop_unset, finish, handle_errors, run_options, setup_logging
-from flowkit.pipelines.features import COMBINES, STREAMS
 
 
 @click.command("features")
@@ -79,7 +81,11 @@ from flowkit.pipelines.features import COMBINES, STREAMS
     help="C3D: full Sports-1M mean volume (.binaryproto or .npy) instead of per-channel means.",
 )
 @click.option(
-    "--flow-algorithm", default=None, help="Engine for the I3D flow stream (auto: the faster TV-L1 here)."
+    "--flow-algorithm",
+    type=click.Choice(FLOW_ALGORITHMS),
+    default=None,
+    help="Engine computing the I3D flow stream (extract-flow's --algorithm names; auto: the faster TV-L1 "
+    "here). Only when flow is computed (--stream flow|both without --flow-dir).  [default: auto]",
 )
 @click.option(
     "--flow-dir",

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from flowkit.choices import FLOW_ALGORITHMS, FLOW_FORMATS, LAYOUT_NAMES
 from flowkit.cli.common import (
     batch_options,
     drop_unset,
@@ -20,9 +21,6 @@ from flowkit.cli.common import (
     threads_option,
 )
 from flowkit.cli.frames import geometry_options, make_resize_kwargs
-from flowkit.outputs.flowfiles import FLOW_FORMATS
-from flowkit.outputs.rawframes import LAYOUTS
-from flowkit.pipelines.flow import ALGORITHMS
 
 
 def _tvl1_fields() -> list[dataclasses.Field]:
@@ -41,17 +39,30 @@ def _option_type(f: dataclasses.Field, annotation: Any) -> click.ParamType:
     return click.FloatRange(**bounds)
 
 
-def tvl1_options(func: Any) -> Any:
+def tvl1_options() -> list[click.Option]:
     """One CLI option per TVL1Params field (built from the dataclass: one source of defaults/bounds)."""
     from flowkit.flow.tvl1 import TVL1Params
 
     hints = typing.get_type_hints(TVL1Params)
-    for f in reversed(_tvl1_fields()):
+    options = []
+    for f in _tvl1_fields():
         flag = "--" + f.name.rstrip("_").replace("_", "-")
         help_text = f"TV-L1: {f.metadata.get('help', '')}  [default: {f.default}]"
-        func = click.option(flag, f.name, type=_option_type(f, hints[f.name]), default=None,
-                            help=help_text)(func)
-    return func
+        options.append(click.Option([flag, f.name], type=_option_type(f, hints[f.name]), default=None,
+                                    help=help_text))
+    return options
+
+
+class TVL1Command(click.Command):
+    """A command whose TV-L1 options are added when first parsed or shown: TVL1Params lives beside the
+    torch engine, and importing the CLI (flowkit --help, status, merge, inspect) must not load torch."""
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        """The declared options plus the TV-L1 ones (built once)."""
+        if not getattr(self, "_tvl1_added", False):
+            self._tvl1_added = True
+            self.params.extend(tvl1_options())
+        return super().get_params(ctx)
 
 
 def tvl1_params(values: dict[str, Any]) -> dict[str, Any]:
@@ -74,10 +85,10 @@ def parse_devices(text: str) -> tuple[str, tuple[str, ...]]:
     return (devices[0], ()) if len(devices) == 1 else ("auto", devices)
 
 
-@click.command("extract-flow")
+@click.command("extract-flow", cls=TVL1Command)
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @batch_options
-@click.option("-a", "--algorithm", type=click.Choice(ALGORITHMS), default=None,
+@click.option("-a", "--algorithm", type=click.Choice(FLOW_ALGORITHMS), default=None,
               help="Flow engine: tvl1 (flowkit's batched PyTorch TV-L1), tvl1-opencv, farneback, dis; auto "
                    "picks the faster TV-L1 for the device.  [default: auto]")
 @click.option("--device", default="auto", show_default=True,
@@ -89,7 +100,7 @@ def parse_devices(text: str) -> tuple[str, tuple[str, ...]]:
 @click.option("--rgb/--no-rgb", default=None,
               help="Also write the RGB frames (same decode pass).  [default: rgb]")
 @geometry_options
-@click.option("--layout", type=click.Choice(list(LAYOUTS)), default=None,
+@click.option("--layout", type=click.Choice(LAYOUT_NAMES), default=None,
               help="Naming preset: mmaction2 (1-based, N RGB), denseflow (0-based), tsn (RGB = 2nd frame "
                    "of each pair).  [default: mmaction2]")
 @click.option("--format", "fmt", type=click.Choice(FLOW_FORMATS), default=None,
@@ -97,7 +108,6 @@ def parse_devices(text: str) -> tuple[str, tuple[str, ...]]:
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=None, help="[default: 95]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Frame pairs per engine call.  [default: 32 on GPU, 8 on CPU]")
-@tvl1_options
 @handle_errors
 def extract_flow(input_path: Path, out_dir: Path, jobs: int, backend: str, scheduler: str | None,
                  shard: str | None, overwrite: bool, retry_failed: bool, quiet: bool, device: str,

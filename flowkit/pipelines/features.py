@@ -19,6 +19,7 @@ import numpy as np
 
 import flowkit
 from flowkit.atomic import atomic_write_text
+from flowkit.choices import FEATURE_COMBINES, FEATURE_STREAMS
 from flowkit.errors import ConfigError, FlowkitError, VideoError
 from flowkit.inputs import VideoItem
 from flowkit.jobs.manifest import Manifest
@@ -33,8 +34,8 @@ from flowkit.video import Resize, VideoReader, scan_timestamps
 
 log = logging.getLogger("flowkit")
 
-STREAMS = ("rgb", "flow", "both")
-COMBINES = ("concat", "sum")
+STREAMS = FEATURE_STREAMS
+COMBINES = FEATURE_COMBINES
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class FeaturesConfig:
                 raise ConfigError("--flow-dir holds flow between consecutive native frames: drop --fps")
         self._check_windows(spec)
         self._check_weights()
+        self._check_applicable(spec)
 
     def _check_windows(self, spec: Any) -> None:
         clip = self.clip_len or spec.clip_len
@@ -119,6 +121,28 @@ class FeaturesConfig:
                 f"pass {need} PATH (a local checkpoint; nothing is downloaded), "
                 "or --random-weights for a smoke test"
             )
+
+    def _check_applicable(self, spec: Any) -> None:
+        """Options that would be ignored are errors; the flow engine is checked before any work."""
+        family = spec.model_cls.__name__
+        wrong = [flag for flag, ignored in (
+            ("--c3d-mode", self.c3d_mode != "caffe" and family != "C3D"),
+            ("--mean-file", self.mean_file is not None and family != "C3D"),
+            ("--i3d-compat", self.i3d_compat != "tf" and family != "I3D"),
+        ) if ignored]
+        if wrong:
+            raise ConfigError(f"{', '.join(wrong)} do(es) not apply to --model {self.model}")
+        if self.flow_weights is not None and self.stream != "both":
+            raise ConfigError("--flow-weights is the flow checkpoint of --stream both; with one stream "
+                              "pass its checkpoint as --weights")
+        computes_flow = "flow" in self.streams and self.flow_dir is None
+        if self.flow_algorithm != "auto" and not computes_flow:
+            raise ConfigError("--flow-algorithm applies only when the flow stream is computed "
+                              "(--stream flow or both, without --flow-dir)")
+        if computes_flow:
+            from flowkit.pipelines.flow import FlowConfig
+
+            FlowConfig(algorithm=self.flow_algorithm)  # unknown or unavailable engine: an error now
 
     @property
     def streams(self) -> tuple[str, ...]:

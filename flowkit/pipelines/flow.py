@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from flowkit.choices import FLOW_ALGORITHMS
 from flowkit.errors import ConfigError, FlowkitError
 from flowkit.inputs import VideoItem
 from flowkit.jobs.manifest import Manifest
@@ -28,7 +29,7 @@ from flowkit.video import Resize, VideoReader, to_gray
 
 log = logging.getLogger("flowkit")
 
-ALGORITHMS = ("auto", "tvl1", "tvl1-opencv", "farneback", "dis", "tvl1-cuda-opencv")
+ALGORITHMS = FLOW_ALGORITHMS
 
 
 @dataclass(frozen=True)
