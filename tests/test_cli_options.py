@@ -64,6 +64,13 @@ def test_sampler_options_select_nothing_silently():
     assert FramesConfig(sampler="tsn").segments == 3 and FramesConfig(sampler="uniform").num_frames == 8
 
 
+def test_choice_names_match_the_library():
+    from flowkit.choices import LAYOUT_NAMES
+    from flowkit.outputs.rawframes import LAYOUTS
+
+    assert tuple(LAYOUTS) == LAYOUT_NAMES
+
+
 def test_help_shows_sampler_defaults():
     text = " ".join(run("sample-frames", "--help").output.split())
     for expected in ("uniform (8 frames)", "tsn (3 segments)", "dense (16-frame clips every 16)",

@@ -72,7 +72,8 @@ from flowkit.cli.common import batch_options, drop_unset, finish, handle_errors,
     "--i3d-compat",
     type=click.Choice(["tf", "video_features"]),
     default=None,
-    help="tf: TF-exact (BN eps 1e-3, SAME padding); video_features: that tool's numbers.",
+    help="tf: TF-exact (BN eps 1e-3, SAME padding); video_features: that tool's network (its flow "
+    "stream is RAFT flow; flowkit's is --flow-algorithm, TV-L1 by default).",
 )
 @click.option(
     "--mean-file",

@@ -89,8 +89,9 @@ def parse_devices(text: str) -> tuple[str, tuple[str, ...]]:
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @batch_options
 @click.option("-a", "--algorithm", type=click.Choice(FLOW_ALGORITHMS), default=None,
-              help="Flow engine: tvl1 (flowkit's batched PyTorch TV-L1), tvl1-opencv, farneback, dis; auto "
-                   "picks the faster TV-L1 for the device.  [default: auto]")
+              help="Flow engine: tvl1 (flowkit's batched PyTorch TV-L1), tvl1-opencv (OpenCV's CPU TV-L1), "
+                   "farneback, dis, tvl1-cuda-opencv (OpenCV's CUDA TV-L1, denseflow's; only with an OpenCV "
+                   "built with CUDA); auto picks the faster TV-L1 for the device.  [default: auto]")
 @click.option("--device", default="auto", show_default=True,
               help="auto, cpu, cuda, cuda:1, or a list 'cuda:0,cuda:1' (one worker per device).")
 @click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=None,

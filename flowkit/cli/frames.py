@@ -57,7 +57,7 @@ def make_resize_kwargs(short_side: int | None, size: str | None) -> dict[str, An
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
               help="fps: target rate by stream timestamps." + _default("fps"))
 @click.option("--max-frames", type=click.IntRange(min=1), default=None,
-              help="fps: at most this many frames, spread over the whole video (e.g. 129).  [default: all]")
+              help="fps: at most this many frames, spread over the whole video (e.g. 129).  [default: none]")
 @click.option("--num-frames", type=click.IntRange(min=1), default=None,
               help="uniform: N frames." + _default("num_frames"))
 @click.option("--segments", type=click.IntRange(min=1), default=None,
