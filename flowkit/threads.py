@@ -11,6 +11,11 @@ busy or oversubscribed machine the spinning threads steal the cores the working 
 becomes 10-25x slower. `OPENMP_ENV` makes waiting threads sleep. libgomp reads it when it is loaded,
 i.e. at ``import torch``: :func:`set_openmp_env` runs at ``import flowkit`` and CLI start, and worker
 processes inherit it (measured in bench/contention.py; see BENCHMARKS.md "Contention").
+
+Where it is applied: the runner derives the budget before any pool starts and writes the per-worker
+thread counts into the environment (OMP_NUM_THREADS & co., which loky and Dask LocalCluster workers
+inherit when they start); loky workers also apply it in their initializer before any unit runs. Workers
+of a remote Dask scheduler keep their own environment.
 """
 
 from __future__ import annotations
