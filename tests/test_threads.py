@@ -148,3 +148,16 @@ def test_loky_workers_apply_the_budget(tmp_path, monkeypatch):
     reports = [json.loads((tmp_path / f"v{k}.json").read_text()) for k in range(4)]
     assert {r["pid"] for r in reports} != {os.getpid()}
     assert all((r["torch"], r["cv2"], r["omp"], r["wait"]) == (2, 2, "2", "PASSIVE") for r in reports)
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_import_flowkit_sets_sleeping_openmp_waits_before_torch_loads(given, expected):
+    import subprocess
+    import sys
+
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    code = "import os, sys, flowkit; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [expected, "False"]  # set, and torch (libgomp) not loaded yet
