@@ -159,7 +159,7 @@ def header(args: argparse.Namespace) -> list[str]:
         f"- frames: 340x256 gray from an H.264 640x360 clip (pan + zoom + a scene cut), {args.pairs_note}",
         f"- tvl1 batch {args.batch}; cv2 one pair per call; best of {args.rounds} alternating "
         f"round(s) of >= {args.seconds:g} s per engine and condition",
-        f"- load average at start: {os.getloadavg()[0]:.2f}",
+        f"- load average at start: {args.load_start:.2f}",
         f"- command: `python {' '.join(sys.argv)}`",
     ]
 
@@ -177,6 +177,7 @@ def main() -> None:
         print(json.dumps(worker(json.loads(args.worker))))
         return
     sys.path.insert(0, str(ROOT))
+    args.load_start = os.getloadavg()[0]
     cores = sorted(os.sched_getaffinity(0))
     variants = VARIANTS if args.omp_study else {"flowkit": None}
     rows: dict[str, dict[str, dict]] = {}
