@@ -172,6 +172,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--conditions", default="0,1,2,one-core",
+                        help="busy background processes (0, 1, 2) and/or one-core, comma-separated")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
@@ -184,12 +186,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         clip = str(make_clip(Path(tmp) / "clip.mp4"))
         args.pairs_note = "13 pairs, one across the cut"
+        wanted = args.conditions.split(",")
+        shared = [c for k, c in enumerate(CONDITIONS) if str(k) in wanted]
         for label, env in variants.items():
-            for confined in (False, True):
+            for confined in ([False] if shared else []) + ([True] if "one-core" in wanted else []):
                 spec = {"label": f"{label}{' one core' if confined else ''}", "env": env, "clip": clip,
                         "cores": [cores[0]] if confined else cores, "batch": args.batch,
                         "seconds": args.seconds, "rounds": args.rounds,
-                        "conditions": ["one core (taskset -c 0)"] if confined else list(CONDITIONS)}
+                        "conditions": ["one core (taskset -c 0)"] if confined else shared}
                 result = run_worker(spec)
                 for condition, rates in result["results"].items():
                     rows.setdefault(condition, {})[label] = {**rates, "threads": result["threads"]}
