@@ -175,17 +175,18 @@ _interop_set = False
 
 
 def apply_budget(budget: ThreadBudget, environ: os._Environ[str] | dict[str, str] = os.environ,
-                 libraries: bool = True) -> None:
+                 libraries: bool = True, warn: bool = True) -> None:
     """Give torch, OpenCV and OpenMP the per-worker share, here and in child processes (via the env).
 
     Call it before any pool starts: in the parent, and in every worker process (runner initializer).
-    `libraries=False` sets only the env (a parent whose workers are processes computes nothing).
+    `libraries=False` sets only the env (a parent whose workers are processes computes nothing);
+    `warn=False` in workers (the parent already said that the machine is oversubscribed).
     """
     global _applied
     set_openmp_env(environ)
     for name in THREAD_ENV_VARS:
         environ[name] = str(budget.compute)
-    if budget.workers > budget.cores:
+    if warn and budget.workers > budget.cores:
         log.warning("%d workers on %d usable core(s): the machine is oversubscribed (use --jobs %d)",
                     budget.workers, budget.cores, budget.cores)
     if libraries:

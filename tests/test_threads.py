@@ -161,3 +161,11 @@ def test_import_flowkit_sets_sleeping_openmp_waits_before_torch_loads(given, exp
     code = "import os, sys, flowkit; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == [expected, "False"]  # set, and torch (libgomp) not loaded yet
+
+
+def test_more_workers_than_cores_warn_once_in_the_parent(caplog):
+    with caplog.at_level("WARNING", logger="flowkit"):
+        threads.apply_budget(ThreadBudget(2, "test", 4), environ={}, libraries=False, warn=False)
+        assert not caplog.records  # a worker's initializer stays quiet
+        threads.apply_budget(ThreadBudget(2, "test", 4), environ={}, libraries=False)
+    assert "4 workers on 2 usable core(s)" in caplog.text

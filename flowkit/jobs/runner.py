@@ -154,7 +154,7 @@ _thread_device = threading.local()
 
 def _init_worker(budget: ThreadBudget, devices: Any) -> None:
     """loky worker initializer: the thread budget first (before any torch work), then a device."""
-    apply_budget(budget)
+    apply_budget(budget, warn=False)
     if devices is not None:
         _claim_device(devices)
 
