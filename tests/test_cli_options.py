@@ -26,6 +26,7 @@ CONFIG_ERRORS = [
     ("sample-frames", ["--sampler", "fps", "--num-frames", "3"], "--num-frames"),
     ("sample-frames", ["--sampler", "tsn", "--step", "2"], "--step"),
     ("sample-frames", ["--size", "12"], "WxH"),
+    ("sample-frames", ["--format", "npz", "--jpeg-quality", "80"], "--jpeg-quality"),
     ("sample-frames", ["--shard", "3/2"], "--shard"),
     ("sample-frames", ["--threads", "0"], "--threads"),
     ("extract-flow", ["--device", "cuda:99"], "cuda:99"),

@@ -23,6 +23,7 @@ from flowkit.outputs.lists import write_lists
 from flowkit.outputs.rawframes import FolderWriter, count_files, get_layout, remove_stale
 from flowkit.video import Frame, Resize, VideoReader, scan_timestamps
 
+_JPG_DEFAULTS = {"layout": "mmaction2", "jpeg_quality": 95}
 _SAMPLER_FIELDS = tuple(name for options in SAMPLER_DEFAULTS.values() for name in options)
 
 
@@ -51,9 +52,9 @@ class FramesConfig:
     num_slow: int | None = None
     short_side: int | None = None
     size: tuple[int, int] | None = None
-    layout: str = "mmaction2"
+    layout: str | None = None  # jpg only (npz stores decoded indices): default mmaction2
     format: str = "jpg"
-    jpeg_quality: int = 95
+    jpeg_quality: int | None = None  # jpg only: default 95
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -61,12 +62,26 @@ class FramesConfig:
         self._fill_sampler_options()
         if self.format not in FORMATS:
             raise ConfigError(f"unknown format {self.format!r}; choose from {', '.join(FORMATS)}")
-        if not 1 <= self.jpeg_quality <= 100:
+        self._fill_format_options()
+        if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
             raise ConfigError(f"--jpeg-quality must be in 1..100, got {self.jpeg_quality}")
         if self.sampler == "slowfast" and self.tau % self.alpha:
             raise ConfigError(f"slowfast needs --tau divisible by --alpha ({self.tau}, {self.alpha})")
-        get_layout(self.layout)
+        if self.layout is not None:
+            get_layout(self.layout)
         Resize(self.short_side, self.size)
+
+    def _fill_format_options(self) -> None:
+        """--layout and --jpeg-quality name JPEG files: an error with npz, defaults with jpg."""
+        if self.format != "jpg":
+            given = [f"--{f.replace('_', '-')}" for f in _JPG_DEFAULTS if getattr(self, f) is not None]
+            if given:
+                raise ConfigError(f"{', '.join(given)} only apply to --format jpg (npz stores the frames "
+                                  "with their decoded indices)")
+            return
+        for name, default in _JPG_DEFAULTS.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
 
     def _fill_sampler_options(self) -> None:
         """Refuse options of other samplers; give this sampler's unset options their defaults."""
