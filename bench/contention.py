@@ -31,6 +31,10 @@ VARIANTS = {
     "libgomp default": {},
     "OMP_WAIT_POLICY=ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"},
     "GOMP_SPINCOUNT=10000": {"GOMP_SPINCOUNT": "10000"},
+    # OpenCV's own pthreads pool (cv2's TV-L1, and tvl1's cv2.remap/medianBlur) also spins before it sleeps.
+    "PASSIVE + OpenCV pool sleeps": {"OMP_WAIT_POLICY": "PASSIVE",
+                                     "OPENCV_THREAD_POOL_ACTIVE_WAIT_WORKER": "0",
+                                     "OPENCV_THREAD_POOL_ACTIVE_WAIT_MAIN": "0"},
 }
 CONDITIONS = ("idle", "1 busy process", "2 busy processes")
 
@@ -169,6 +173,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--omp-study", action="store_true", help="also tvl1 under other OpenMP settings")
+    parser.add_argument("--variants", default=None, help="comma-separated VARIANTS labels to run")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=1)
@@ -182,6 +187,8 @@ def main() -> None:
     args.load_start = os.getloadavg()[0]
     cores = sorted(os.sched_getaffinity(0))
     variants = VARIANTS if args.omp_study else {"flowkit": None}
+    if args.variants:
+        variants = {k: VARIANTS[k] for k in args.variants.split(",")}
     rows: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         clip = str(make_clip(Path(tmp) / "clip.mp4"))
