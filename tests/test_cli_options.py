@@ -39,6 +39,7 @@ CONFIG_ERRORS = [
     ("features", [*FEATURES, "--i3d-compat", "video_features"], "--i3d-compat"),
     ("features", ["--model", "i3d_test", "--random-weights", "--c3d-mode", "davidea"], "--c3d-mode"),
     ("features", ["--model", "nope", "--random-weights"], "nope"),
+    ("features", [*FEATURES, "--flow-dir", "."], "--flow-dir"),
 ]
 
 

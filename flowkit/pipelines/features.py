@@ -90,6 +90,8 @@ class FeaturesConfig:
         if self.combine and self.stream != "both":
             raise ConfigError("--combine needs --stream both")
         if self.flow_dir is not None:
+            if "flow" not in self.streams:
+                raise ConfigError("--flow-dir feeds the flow stream: add --stream flow or both")
             flow_source_settings(self.flow_dir)
             if self.fps:
                 raise ConfigError("--flow-dir holds flow between consecutive native frames: drop --fps")
