@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from flowkit.cli.common import handle_errors
+from flowkit.cli.common import given_threads, handle_errors, threads_option
 
 
 @click.command("status")
@@ -93,16 +93,21 @@ def inspect_cmd(path: Path, max_videos: int) -> None:
 
 
 @click.command("doctor")
-def doctor() -> None:
-    """Print versions, CUDA devices, OpenCV capabilities and a decode check of a generated clip.
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Show the thread split for this many workers.")
+@threads_option
+@handle_errors
+def doctor(jobs: int) -> None:
+    """Print versions, the thread budget and why, CUDA devices, OpenCV capabilities and a decode check.
 
     \b
-    Example:
+    Examples:
       flowkit doctor
+      flowkit doctor --jobs 4        # how the cores would be split across 4 workers
     """
     from flowkit.doctor import report
 
-    rows = report()
+    rows = report(given_threads(), jobs)
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         click.echo(f"{name.ljust(width)}  {value}")

@@ -7,6 +7,9 @@ from typing import Any
 
 import click
 
+from flowkit.choices import FEATURE_COMBINES as COMBINES
+from flowkit.choices import FEATURE_STREAMS as STREAMS
+from flowkit.choices import FLOW_ALGORITHMS
 from flowkit.cli.common import (
     batch_options,
     decode_options,
@@ -17,7 +20,6 @@ from flowkit.cli.common import (
     run_options,
     setup_logging,
 )
-from flowkit.pipelines.features import COMBINES, STREAMS
 
 
 @click.command("features")
@@ -80,7 +82,8 @@ from flowkit.pipelines.features import COMBINES, STREAMS
     "--i3d-compat",
     type=click.Choice(["tf", "video_features"]),
     default=None,
-    help="tf: TF-exact (BN eps 1e-3, SAME padding); video_features: that tool's numbers.",
+    help="tf: TF-exact (BN eps 1e-3, SAME padding); video_features: that tool's network (its flow "
+    "stream is RAFT flow; flowkit's is --flow-algorithm, TV-L1 by default).",
 )
 @click.option(
     "--mean-file",
@@ -89,7 +92,11 @@ from flowkit.pipelines.features import COMBINES, STREAMS
     help="C3D: full Sports-1M mean volume (.binaryproto or .npy) instead of per-channel means.",
 )
 @click.option(
-    "--flow-algorithm", default=None, help="Engine for the I3D flow stream (auto: the faster TV-L1 here)."
+    "--flow-algorithm",
+    type=click.Choice(FLOW_ALGORITHMS),
+    default=None,
+    help="Engine computing the I3D flow stream (extract-flow's --algorithm names; auto: the faster TV-L1 "
+    "here). Only when flow is computed (--stream flow|both without --flow-dir).  [default: auto]",
 )
 @click.option(
     "--flow-dir",

@@ -26,6 +26,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from flowkit.errors import ConfigError, FlowkitError, VideoError
 from flowkit.inputs import VideoItem
 from flowkit.jobs.manifest import EventLog, Manifest, RunLock
+from flowkit.threads import ThreadBudget, apply_budget, derive_budget
 
 log = logging.getLogger("flowkit")
 
@@ -92,6 +93,7 @@ class RunOptions:
     retry_failed: bool = False
     quiet: bool = False
     devices: tuple[str, ...] = ()
+    threads: int | None = None  # --threads; None: the cores this process may use (flowkit.threads)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -121,6 +123,7 @@ class RunSummary:
     pending: int = 0
     frames: int = 0
     seconds: float = 0.0
+    threads: str = ""  # the thread budget used (ThreadBudget.describe)
 
     @property
     def exit_code(self) -> int:
@@ -138,6 +141,7 @@ class RunSummary:
         if self.pending:
             head += f", not attempted {self.pending}"
         out = [head + f" in {self.seconds:.1f}s{rate}"]
+        out += [f"threads: {self.threads}"] if self.threads else []
         out += [f"NOTE {path}: {remark}" for path, remark in self.notes]
         out += [f"FAILED {path}: {cause}" for _, path, cause in self.failed]
         return out
@@ -146,6 +150,13 @@ class RunSummary:
 # -- device assignment: one device per worker process/thread ------------------------------------
 _worker_device: str | None = None
 _thread_device = threading.local()
+
+
+def _init_worker(budget: ThreadBudget, devices: Any) -> None:
+    """loky worker initializer: the thread budget first (before any torch work), then a device."""
+    apply_budget(budget, warn=False)
+    if devices is not None:
+        _claim_device(devices)
 
 
 def _claim_device(devices: Any) -> None:
@@ -261,14 +272,30 @@ def run_pipeline(
         units = pipeline.make_units(items)
         manifest.write_units([u.uid for u in units])
         todo = _select(pipeline, units, manifest, options, summary)
+        budget = thread_budget(options, len(todo))
+        # Before any pool starts: worker processes inherit the env and apply it in their initializer.
+        apply_budget(budget, libraries=not _in_processes(options, len(todo)))
+        summary.threads = budget.describe()
         start = time.perf_counter()
-        for result in _progress(_results(pipeline, todo, out, options), len(todo), options.quiet):
+        for result in _progress(_results(pipeline, todo, out, options, budget), len(todo), options.quiet):
             _account(summary, result)
         summary.seconds = time.perf_counter() - start
         summary.failed.extend(("finalize", path, cause) for path, cause in pipeline.finalize(manifest) or ())
         return summary
     finally:
         lock.release()
+
+
+def thread_budget(options: RunOptions, units: int) -> ThreadBudget:
+    """The budget split across the workers that will actually run (one process for sequential)."""
+    parallel = options.backend == "dask" or (options.backend != "sequential" and options.jobs > 1)
+    workers = max(options.jobs, len(options.devices)) if parallel else 1
+    return derive_budget(options.threads, max(1, min(workers, units)) if units else workers)
+
+
+def _in_processes(options: RunOptions, units: int) -> bool:
+    """Whether the units run in worker processes (loky with >1 job, dask) rather than here."""
+    return options.backend == "dask" or (options.backend == "loky" and min(options.jobs, units) > 1)
 
 
 def _account(summary: RunSummary, result: UnitResult) -> None:
@@ -294,7 +321,7 @@ def _progress(results: Iterable[UnitResult], total: int, quiet: bool) -> Iterato
 
 
 def _results(
-    pipeline: Pipeline, todo: list[Unit], out: Path, opts: RunOptions
+    pipeline: Pipeline, todo: list[Unit], out: Path, opts: RunOptions, budget: ThreadBudget
 ) -> Iterator[UnitResult]:
     if not todo:
         return iter(())
@@ -305,23 +332,22 @@ def _results(
         return (execute_unit(pipeline, u, out, tag, devices) for u in todo)
     if opts.backend == "dask":
         return _dask_results(pipeline, todo, out, opts)
-    return _joblib_results(pipeline, todo, out, opts, jobs)
+    return _joblib_results(pipeline, todo, out, opts, jobs, budget)
 
 
 def _joblib_results(
-    pipeline: Pipeline, todo: list[Unit], out: Path, opts: RunOptions, jobs: int
+    pipeline: Pipeline, todo: list[Unit], out: Path, opts: RunOptions, jobs: int, budget: ThreadBudget
 ) -> Iterator[UnitResult]:
     tag = opts.shard_tag
     kwargs: dict[str, Any] = {}
     devices = None
-    if opts.devices and opts.backend == "loky":
-        import multiprocessing
+    if opts.backend == "loky":
+        queue_ = None
+        if opts.devices:
+            import multiprocessing
 
-        manager = multiprocessing.Manager()
-        kwargs = {
-            "initializer": _claim_device,
-            "initargs": (_device_queue(opts.devices, jobs, manager),),
-        }
+            queue_ = _device_queue(opts.devices, jobs, multiprocessing.Manager())
+        kwargs = {"initializer": _init_worker, "initargs": (budget, queue_)}
     elif opts.devices:
         devices = _device_queue(opts.devices, jobs, None)
     parallel = Parallel(

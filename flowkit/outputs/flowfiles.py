@@ -12,10 +12,9 @@ from typing import Any, BinaryIO
 import h5py
 import numpy as np
 
+from flowkit.choices import FLOW_FORMATS  # noqa: F401 - re-exported
 from flowkit.flow.quantize import quantize
 from flowkit.outputs.rawframes import FolderWriter, Layout
-
-FLOW_FORMATS = ("jpg", "png", "h5", "npy")
 
 
 class ImagePairSink:

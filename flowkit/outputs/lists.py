@@ -138,3 +138,11 @@ def write_job_lists(
             log.warning("split %s: %d entries have no finished video (e.g. %s)", split, len(lost),
                         f"{cls}/{name}" if cls else name)
     return written, failures
+
+
+def flow_job_list_kinds(config: dict[str, Any]) -> list[str]:
+    """The lists an extract-flow job writes: RGB when RGB frames were written; flow only for the image
+    formats, which frame loaders read (h5/npy flow is one file per video, read with flowkit's readers)."""
+    kinds = ["rgb"] if config.get("rgb", True) else []
+    return kinds + (["flow"] if config.get("format", "jpg") in ("jpg", "png") else [])
+

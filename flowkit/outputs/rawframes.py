@@ -88,8 +88,12 @@ def _write_bytes(path: str | Path, data: bytes) -> None:
 class FolderWriter:
     """Writes one video's files into a temporary folder on a small thread pool, then renames it into place."""
 
-    def __init__(self, final_dir: Path, threads: int = 2, max_pending: int = 64,
+    def __init__(self, final_dir: Path, threads: int | None = None, max_pending: int = 64,
                  jpeg_encoder: Callable[[Sequence[np.ndarray], int], list[bytes]] | None = None) -> None:
+        from flowkit.threads import current_budget
+
+        budget = current_budget()  # encode threads: the budget's I/O share of this worker
+        threads = threads or (budget.io if budget is not None else 2)
         self.final_dir = Path(final_dir)
         self.tmp_dir = self.final_dir.parent / f".{self.final_dir.name}.tmp-{os.getpid()}"
         remove_stale(self.final_dir)

@@ -22,6 +22,7 @@ import numpy as np
 
 import flowkit
 from flowkit.atomic import atomic_write_text
+from flowkit.choices import FEATURE_COMBINES, FEATURE_STREAMS
 from flowkit.decoders import DecodeOptions
 from flowkit.errors import ConfigError, VideoError
 from flowkit.inputs import VideoItem
@@ -38,8 +39,8 @@ from flowkit.video import Resize, VideoReader, scan_timestamps
 
 log = logging.getLogger("flowkit")
 
-STREAMS = ("rgb", "flow", "both")
-COMBINES = ("concat", "sum")
+STREAMS = FEATURE_STREAMS
+COMBINES = FEATURE_COMBINES
 
 
 @dataclass(frozen=True)
@@ -101,11 +102,14 @@ class FeaturesConfig:
         if self.flow_dir is not None:
             if "flow" not in self.streams:
                 raise ConfigError("--flow-dir feeds the flow stream: use it with --stream flow or both")
+            if self.fps:
+                raise ConfigError("--flow-dir holds flow between consecutive native frames: drop --fps")
             check_flow_source(flow_source_settings(self.flow_dir), self, spec)
         elif self.flow_rescale:
             raise ConfigError("--flow-rescale applies only with --flow-dir")
         self._check_windows(spec)
         self._check_weights()
+        self._check_applicable(spec)
 
     def _check_windows(self, spec: Any) -> None:
         clip = self.clip_len or spec.clip_len
@@ -131,6 +135,28 @@ class FeaturesConfig:
                 f"pass {need} PATH (a local checkpoint; nothing is downloaded), "
                 "or --random-weights for a smoke test"
             )
+
+    def _check_applicable(self, spec: Any) -> None:
+        """Options that would be ignored are errors; the flow engine is checked before any work."""
+        family = spec.model_cls.__name__
+        wrong = [flag for flag, ignored in (
+            ("--c3d-mode", self.c3d_mode != "caffe" and family != "C3D"),
+            ("--mean-file", self.mean_file is not None and family != "C3D"),
+            ("--i3d-compat", self.i3d_compat != "tf" and family != "I3D"),
+        ) if ignored]
+        if wrong:
+            raise ConfigError(f"{', '.join(wrong)} do(es) not apply to --model {self.model}")
+        if self.flow_weights is not None and self.stream != "both":
+            raise ConfigError("--flow-weights is the flow checkpoint of --stream both; with one stream "
+                              "pass its checkpoint as --weights")
+        computes_flow = "flow" in self.streams and self.flow_dir is None
+        if self.flow_algorithm != "auto" and not computes_flow:
+            raise ConfigError("--flow-algorithm applies only when the flow stream is computed "
+                              "(--stream flow or both, without --flow-dir)")
+        if computes_flow:
+            from flowkit.pipelines.flow import FlowConfig
+
+            FlowConfig(algorithm=self.flow_algorithm)  # unknown or unavailable engine: an error now
 
     @property
     def streams(self) -> tuple[str, ...]:

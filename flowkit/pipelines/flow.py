@@ -18,20 +18,21 @@ from typing import Any
 
 import numpy as np
 
+from flowkit.choices import FLOW_ALGORITHMS
 from flowkit.decoders import DecodeOptions
 from flowkit.errors import ConfigError, FlowkitError
 from flowkit.inputs import VideoItem
 from flowkit.jobs.manifest import Manifest
 from flowkit.jobs.runner import Unit, UnitResult, current_device, one_line
 from flowkit.outputs.flowfiles import FLOW_FORMATS, H5Sink, ImagePairSink, NpySink
-from flowkit.outputs.lists import read_class_map, write_job_lists
+from flowkit.outputs.lists import flow_job_list_kinds, read_class_map, write_job_lists
 from flowkit.outputs.rawframes import FolderWriter, count_files, get_layout
 from flowkit.pipelines.stages import prefetch
 from flowkit.video import Resize, VideoReader, to_gray
 
 log = logging.getLogger("flowkit")
 
-ALGORITHMS = ("auto", "tvl1", "tvl1-opencv", "farneback", "dis", "tvl1-cuda-opencv")
+ALGORITHMS = FLOW_ALGORITHMS
 BENCH_ALGORITHMS = ("null",)  # library/benchmarks only (zero flow): not offered by the CLI
 
 
@@ -155,14 +156,7 @@ class FlowPipeline:
 
     def finalize(self, manifest: Manifest) -> list[tuple[str, str]]:
         """Rebuild the annotation lists from every done record (all shards)."""
-        return write_job_lists(manifest, list_kinds(self.output_config()), self.cfg.classes)[1]
-
-
-def list_kinds(config: dict[str, Any]) -> list[str]:
-    """The lists an extract-flow job writes: RGB when RGB frames were written; flow only for the image
-    formats, which frame loaders read (h5/npy flow is one file per video, read with flowkit's readers)."""
-    kinds = ["rgb"] if config.get("rgb", True) else []
-    return kinds + (["flow"] if config.get("format", "jpg") in ("jpg", "png") else [])
+        return write_job_lists(manifest, flow_job_list_kinds(self.output_config()), self.cfg.classes)[1]
 
 
 def verify_video_folder(folder: Path, record: dict[str, Any], cfg: FlowConfig) -> bool:

@@ -12,6 +12,8 @@ import cv2
 import numpy as np
 
 from flowkit import sampling
+from flowkit.choices import FRAME_FORMATS as FORMATS
+from flowkit.choices import SAMPLER_DEFAULTS, SAMPLERS, sampler_of
 from flowkit.decoders import DecodeOptions
 from flowkit.errors import ConfigError
 from flowkit.inputs import VideoItem
@@ -22,34 +24,38 @@ from flowkit.outputs.npzstream import NpzStreamWriter
 from flowkit.outputs.rawframes import FolderWriter, count_files, get_layout
 from flowkit.video import Frame, Resize, VideoReader, scan_timestamps
 
-SAMPLERS = ("all", "fps", "uniform", "tsn", "dense", "slowfast")
-FORMATS = ("jpg", "npz")
+_JPG_DEFAULTS = {"layout": "mmaction2", "jpeg_quality": 95}
+_SAMPLER_FIELDS = tuple(name for options in SAMPLER_DEFAULTS.values() for name in options)
 
 
 @dataclass(frozen=True)
 class FramesConfig:
-    """Every option of sample-frames; the single source of defaults (the CLI leaves unset options None)."""
+    """Every option of sample-frames (the CLI leaves unset options None).
+
+    A sampler's own options default from `flowkit.choices.SAMPLER_DEFAULTS`; setting an option of another
+    sampler is a ConfigError (it would be ignored), and those options stay None.
+    """
 
     sampler: str = "all"
-    step: int = 1
-    fps: float = 3.0
+    step: int | None = None
+    fps: float | None = None
     max_frames: int | None = None
-    num_frames: int = 8
-    segments: int = 3
-    tsn_mode: str = "test"
-    seed: int = 0
-    clip_len: int = 16
-    stride: int = 16
-    frame_step: int = 1
-    last: str = "drop"
-    alpha: int = 4
-    tau: int = 16
-    num_slow: int = 4
+    num_frames: int | None = None
+    segments: int | None = None
+    tsn_mode: str | None = None
+    seed: int | None = None
+    clip_len: int | None = None
+    stride: int | None = None
+    frame_step: int | None = None
+    last: str | None = None
+    alpha: int | None = None
+    tau: int | None = None
+    num_slow: int | None = None
     short_side: int | None = None
     size: tuple[int, int] | None = None
-    layout: str = "mmaction2"
+    layout: str | None = None  # jpg only (npz stores decoded indices): default mmaction2
     format: str = "jpg"
-    jpeg_quality: int = 95
+    jpeg_quality: int | None = None  # jpg only: default 95
     classes: str | None = None
     decode: DecodeOptions = field(default_factory=DecodeOptions)
 
@@ -58,14 +64,42 @@ class FramesConfig:
             read_class_map(self.classes)
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
+        self._fill_sampler_options()
         if self.format not in FORMATS:
             raise ConfigError(f"unknown format {self.format!r}; choose from {', '.join(FORMATS)}")
-        if not 1 <= self.jpeg_quality <= 100:
+        self._fill_format_options()
+        if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
             raise ConfigError(f"--jpeg-quality must be in 1..100, got {self.jpeg_quality}")
         if self.sampler == "slowfast" and self.tau % self.alpha:
             raise ConfigError(f"slowfast needs --tau divisible by --alpha ({self.tau}, {self.alpha})")
-        get_layout(self.layout)
+        if self.layout is not None:
+            get_layout(self.layout)
         Resize(self.short_side, self.size)
+
+    def _fill_format_options(self) -> None:
+        """--layout and --jpeg-quality name JPEG files: an error with npz, defaults with jpg."""
+        if self.format != "jpg":
+            given = [f"--{f.replace('_', '-')}" for f in _JPG_DEFAULTS if getattr(self, f) is not None]
+            if given:
+                raise ConfigError(f"{', '.join(given)} only apply to --format jpg (npz stores the frames "
+                                  "with their decoded indices)")
+            return
+        for name, default in _JPG_DEFAULTS.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
+
+    def _fill_sampler_options(self) -> None:
+        """Refuse options of other samplers; give this sampler's unset options their defaults."""
+        own = SAMPLER_DEFAULTS[self.sampler]
+        foreign = [f for f in _SAMPLER_FIELDS if f not in own and getattr(self, f) is not None]
+        if foreign:
+            flags = ", ".join(f"--{f.replace('_', '-')} (an option of --sampler {sampler_of(f)})"
+                              for f in foreign)
+            raise ConfigError(f"--sampler {self.sampler} does not use {flags}: set the matching --sampler "
+                              "or drop the option")
+        for name, default in own.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
 
 
 @dataclass

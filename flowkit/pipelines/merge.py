@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flowkit.errors import ConfigError, ManifestError
 from flowkit.jobs.manifest import Manifest
-from flowkit.outputs.lists import write_job_lists
+from flowkit.outputs.lists import flow_job_list_kinds, write_job_lists
 
 log = logging.getLogger("flowkit")
 
@@ -45,11 +45,9 @@ def rebuild_lists(
 ) -> list[Path]:
     """The annotation lists of a frames/flow job from every done record (and per split); `classes`
     overrides the job's class map."""
-    from flowkit.pipelines.flow import list_kinds
-
     config = job.get("config", {})
     if job["command"] == "extract-flow":
-        kinds = list_kinds(config)
+        kinds = flow_job_list_kinds(config)
     else:
         kinds = ["rgb"] if config.get("format", "jpg") == "jpg" else []
     written, failures = write_job_lists(manifest, kinds, classes or config.get("classes"), split_files)
