@@ -40,10 +40,22 @@ def test_folder_named_like_a_video_and_symlink_loop_become_failed_items(tmp_path
     assert len(items) == 3
 
 
-def test_colliding_ids_and_missing_input_are_config_errors(tmp_path):
-    (tmp_path / "a.mp4").write_bytes(b"0")
-    (tmp_path / "a.avi").write_bytes(b"0")
-    with pytest.raises(ConfigError, match="video id 'a'"):
-        discover(tmp_path)
+def test_ids_that_collide_or_are_a_folder_keep_their_extension(tmp_path):
+    names = ("a/x.mp4", "a/x.avi", "a/q.mp4", "a/q.avi", "a/q.mp4.avi", "b/x.mp4", "b/x/y.mp4", "c/v.mp4")
+    for rel in names:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"0")
+    items = discover(tmp_path)
+    assert [(i.video_id, i.path.relative_to(tmp_path).as_posix()) for i in items] == [
+        ("a/q.avi", "a/q.avi"),
+        ("a/q.mp4", "a/q.mp4"),
+        ("a/q.mp4.avi", "a/q.mp4.avi"),  # its id 'a/q.mp4' became q.mp4's: it keeps .avi too
+        ("a/x.avi", "a/x.avi"),
+        ("a/x.mp4", "a/x.mp4"),
+        ("b/x.mp4", "b/x.mp4"),  # 'b/x' is the folder of b/x/y: the video keeps its extension
+        ("b/x/y", "b/x/y.mp4"),
+        ("c/v", "c/v.mp4"),
+    ]
+    assert all(i.error is None for i in items)
     with pytest.raises(ConfigError, match="input not found"):
         discover(tmp_path / "nope")

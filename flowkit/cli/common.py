@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from flowkit.errors import ConfigError, FlowkitError, ManifestError
+from flowkit.errors import ConfigError, FlowkitError, ManifestError, Terminated, os_error_text
 
 log = logging.getLogger("flowkit")
 
@@ -25,6 +25,9 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except Terminated:
+            click.echo("flowkit: terminated (SIGTERM); rerun the same command to resume", err=True)
+            sys.exit(143)
         except KeyboardInterrupt:
             click.echo("flowkit: interrupted; rerun the same command to resume", err=True)
             sys.exit(130)
@@ -33,6 +36,11 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             click.echo(f"flowkit: error: {exc}", err=True)
             sys.exit(2 if isinstance(exc, ConfigError | ManifestError) else 1)
+        except OSError as exc:  # a read-only or full output folder: one line naming the path
+            if os.environ.get("FLOWKIT_DEBUG"):
+                raise
+            click.echo(f"flowkit: error: {os_error_text(exc)}", err=True)
+            sys.exit(1)
 
     return wrapper
 
@@ -73,6 +81,9 @@ def batch_options(func: Callable[..., Any]) -> Callable[..., Any]:
     decorators = [
         click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
                      help="Output folder (created; holds .flowkit/ with the resumable manifest)."),
+        click.option("--root", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+                     help="Video ids are paths relative to this folder (default: INPUT's folder, or for a "
+                          "list file its folder or the folder its videos share)."),
         click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
                      help="Parallel workers (processes with the loky backend)."),
         click.option("--backend", type=click.Choice(["loky", "threading", "sequential", "dask"]),

@@ -122,6 +122,7 @@ from flowkit.pipelines.features import COMBINES, STREAMS
 def features(
     input_path: Path,
     out_dir: Path,
+    root: Path | None,
     jobs: int,
     backend: str,
     scheduler: str | None,
@@ -159,4 +160,4 @@ def features(
     opts = run_options(
         max(jobs, len(devices)), backend, scheduler, shard, overwrite, retry_failed, quiet, devices
     )
-    finish(run_pipeline(FeaturesPipeline(cfg, out_dir), discover(input_path), out_dir, opts))
+    finish(run_pipeline(FeaturesPipeline(cfg, out_dir), discover(input_path, root), out_dir, opts))

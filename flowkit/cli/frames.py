@@ -64,7 +64,7 @@ def make_resize_kwargs(short_side: int | None, size: str | None) -> dict[str, An
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=None, help="[default: 95]")
 @handle_errors
 def sample_frames(input_path: Path, out_dir: Path, jobs: int, backend: str, scheduler: str | None,
-                  shard: str | None, overwrite: bool, retry_failed: bool, quiet: bool,
+                  root: Path | None, shard: str | None, overwrite: bool, retry_failed: bool, quiet: bool,
                   short_side: int | None, size: str | None, fmt: str | None, **sampler: Any) -> None:
     """Sample frames from every video and write them with their indices and timestamps.
 
@@ -82,4 +82,4 @@ def sample_frames(input_path: Path, out_dir: Path, jobs: int, backend: str, sche
     setup_logging(quiet)
     cfg = FramesConfig(**drop_unset(format=fmt, **sampler), **make_resize_kwargs(short_side, size))
     opts = run_options(jobs, backend, scheduler, shard, overwrite, retry_failed, quiet)
-    finish(run_pipeline(FramesPipeline(cfg, out_dir), discover(input_path), out_dir, opts))
+    finish(run_pipeline(FramesPipeline(cfg, out_dir), discover(input_path, root), out_dir, opts))

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import queue
+import signal
 import threading
 import time
 import traceback
@@ -23,8 +24,9 @@ from joblib import Parallel, delayed, parallel_config
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from flowkit.errors import ConfigError, FlowkitError, VideoError
-from flowkit.inputs import VideoItem
+from flowkit.atomic import remove_dead_temporaries
+from flowkit.errors import ConfigError, FlowkitError, Terminated, VideoError, os_error_text
+from flowkit.inputs import VideoItem, printable
 from flowkit.jobs.manifest import EventLog, Manifest, RunLock
 
 log = logging.getLogger("flowkit")
@@ -121,11 +123,12 @@ class RunSummary:
     pending: int = 0
     frames: int = 0
     seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)  # failures of the run itself (e.g. writing lists)
 
     @property
     def exit_code(self) -> int:
         """0 when nothing failed, else 1."""
-        return 1 if self.failed else 0
+        return 1 if self.failed or self.errors else 0
 
     def lines(self) -> list[str]:
         """Human-readable summary: one line of counts, then one line per failure."""
@@ -140,6 +143,7 @@ class RunSummary:
         out = [head + f" in {self.seconds:.1f}s{rate}"]
         out += [f"NOTE {path}: {remark}" for path, remark in self.notes]
         out += [f"FAILED {path}: {cause}" for _, path, cause in self.failed]
+        out += [f"ERROR {error}" for error in self.errors]
         return out
 
 
@@ -196,6 +200,9 @@ def execute_unit(
         path = str(unit.items[0].path) if len(unit.items) == 1 else unit.uid
         result = UnitResult(unit.uid, "failed", failures=[(path, one_line(exc, path))])
     result.seconds = time.perf_counter() - start
+    # Names may hold newlines or escapes: each failure and note stays one line, here and in the log.
+    result.failures = [(printable(p), printable(c)) for p, c in result.failures]
+    result.notes = [(printable(p), printable(r)) for p, r in result.notes]
     fields = {"unit": unit.uid, "shard": tag, "seconds": round(result.seconds, 3), "frames": result.frames}
     if result.failures:
         fields["failures"] = result.failures
@@ -228,6 +235,8 @@ def _select(
         if opts.overwrite:
             manifest.clear_done(unit.uid)
             todo.append(unit)
+        elif len(unit.items) == 1 and unit.items[0].error:
+            todo.append(unit)  # a listing problem (bad id, missing file) fails now, whatever was done
         elif pipeline.is_done(unit, manifest):
             summary.skipped += 1
         elif opts.retry_failed and unit.uid not in last_failed:
@@ -249,26 +258,75 @@ def _last_failed(manifest: Manifest) -> set[str]:
 def run_pipeline(
     pipeline: Pipeline, items: Sequence[VideoItem], out_dir: str | Path, options: RunOptions
 ) -> RunSummary:
-    """Run a command over its inputs with resume, locking, progress and a summary."""
+    """Run a command over its inputs with resume, locking, progress and a summary.
+
+    SIGTERM stops the run like Ctrl-C (raises Terminated, a KeyboardInterrupt) after giving the lock back.
+    """
     out = Path(out_dir)
     manifest = Manifest(out)
-    out.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(manifest, options.shard_tag)
-    lock.acquire()
+    with _sigterm_as_interrupt():
+        out.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(manifest, options.shard_tag)
+        lock.acquire()
+        try:
+            manifest.open_job(pipeline.command, pipeline.output_config(), options.overwrite)
+            summary = RunSummary()
+            units = pipeline.make_units(items)
+            _remove_dead_temporaries(manifest, items)
+            manifest.write_units([u.uid for u in units])
+            todo = _select(pipeline, units, manifest, options, summary)
+            start = time.perf_counter()
+            for result in _progress(_results(pipeline, todo, out, options), len(todo), options.quiet):
+                _account(summary, result)
+            summary.seconds = time.perf_counter() - start
+            _finalize(pipeline, manifest, summary)
+            return summary
+        finally:
+            lock.release()
+
+
+def _remove_dead_temporaries(manifest: Manifest, items: Sequence[VideoItem]) -> None:
+    """Temporaries of killed writers: in .flowkit, at the top of OUT and beside every video's output."""
+    state = manifest.state_dir
+    parents = {(manifest.out_dir / item.video_id).parent for item in items if not item.error}
+    removed = remove_dead_temporaries([state, state / "done", state / "locks", manifest.out_dir, *parents])
+    if removed:
+        log.debug("removed %d temporaries of killed runs", len(removed))
+
+
+def _finalize(pipeline: Pipeline, manifest: Manifest, summary: RunSummary) -> None:
+    """Write what spans units; a full or read-only disk is reported in the summary, not as a traceback."""
     try:
-        manifest.open_job(pipeline.command, pipeline.output_config(), options.overwrite)
-        summary = RunSummary()
-        units = pipeline.make_units(items)
-        manifest.write_units([u.uid for u in units])
-        todo = _select(pipeline, units, manifest, options, summary)
-        start = time.perf_counter()
-        for result in _progress(_results(pipeline, todo, out, options), len(todo), options.quiet):
-            _account(summary, result)
-        summary.seconds = time.perf_counter() - start
         pipeline.finalize(manifest)
-        return summary
+    except OSError as exc:
+        if os.environ.get("FLOWKIT_DEBUG"):
+            raise
+        summary.errors.append(f"{os_error_text(exc)} (while finishing the output; what is done is kept, "
+                              "rerun the same command once this is fixed)")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While a run holds its lock, SIGTERM (Slurm preemption, `kill`) raises Terminated in the main
+    thread, so the lock is released and the run stops as after Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        received.append(signum)
+        raise Terminated(f"terminated by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    except Exception as exc:
+        if received:  # e.g. the workers died of the same signal first: still a termination
+            raise Terminated(f"terminated by signal {received[0]}") from exc
+        raise
     finally:
-        lock.release()
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _account(summary: RunSummary, result: UnitResult) -> None:
