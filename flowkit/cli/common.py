@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +22,17 @@ log = logging.getLogger("flowkit")
 
 # -- error handling at the edge -------------------------------------------------------------------
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn typed library errors into one clear line; FLOWKIT_DEBUG=1 shows the traceback."""
+    """Turn typed library errors and OS errors into one clear line; FLOWKIT_DEBUG=1 shows the traceback.
+
+    SIGTERM (a scheduler's preemption, `kill`) stops the command like Ctrl-C: the run's `finally`
+    blocks give its lock back, and the exit code is 143 (130 for Ctrl-C).
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with sigterm_as_interrupt():
+                return func(*args, **kwargs)
         except Terminated:
             click.echo("flowkit: terminated (SIGTERM); rerun the same command to resume", err=True)
             sys.exit(143)
@@ -43,6 +51,29 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(1)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM raises Terminated (a KeyboardInterrupt) in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        received.append(signum)
+        raise Terminated(f"terminated by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    except Exception as exc:
+        if received:  # e.g. the workers died of the same signal first: still a termination
+            raise Terminated(f"terminated by signal {received[0]}") from exc
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def setup_logging(quiet: bool) -> None:

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import queue
-import signal
 import threading
 import time
 import traceback
@@ -25,7 +24,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from flowkit.atomic import remove_dead_temporaries
-from flowkit.errors import ConfigError, FlowkitError, Terminated, VideoError, os_error_text
+from flowkit.errors import ConfigError, FlowkitError, VideoError, os_error_text
 from flowkit.inputs import VideoItem, printable
 from flowkit.jobs.manifest import EventLog, Manifest, RunLock
 
@@ -258,31 +257,27 @@ def _last_failed(manifest: Manifest) -> set[str]:
 def run_pipeline(
     pipeline: Pipeline, items: Sequence[VideoItem], out_dir: str | Path, options: RunOptions
 ) -> RunSummary:
-    """Run a command over its inputs with resume, locking, progress and a summary.
-
-    SIGTERM stops the run like Ctrl-C (raises Terminated, a KeyboardInterrupt) after giving the lock back.
-    """
+    """Run a command over its inputs with resume, locking, progress and a summary."""
     out = Path(out_dir)
     manifest = Manifest(out)
-    with _sigterm_as_interrupt():
-        out.mkdir(parents=True, exist_ok=True)
-        lock = RunLock(manifest, options.shard_tag)
-        lock.acquire()
-        try:
-            manifest.open_job(pipeline.command, pipeline.output_config(), options.overwrite)
-            summary = RunSummary()
-            units = pipeline.make_units(items)
-            _remove_dead_temporaries(manifest, items)
-            manifest.write_units([u.uid for u in units])
-            todo = _select(pipeline, units, manifest, options, summary)
-            start = time.perf_counter()
-            for result in _progress(_results(pipeline, todo, out, options), len(todo), options.quiet):
-                _account(summary, result)
-            summary.seconds = time.perf_counter() - start
-            _finalize(pipeline, manifest, summary)
-            return summary
-        finally:
-            lock.release()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(manifest, options.shard_tag)
+    lock.acquire()
+    try:
+        manifest.open_job(pipeline.command, pipeline.output_config(), options.overwrite)
+        summary = RunSummary()
+        units = pipeline.make_units(items)
+        _remove_dead_temporaries(manifest, items)
+        manifest.write_units([u.uid for u in units])
+        todo = _select(pipeline, units, manifest, options, summary)
+        start = time.perf_counter()
+        for result in _progress(_results(pipeline, todo, out, options), len(todo), options.quiet):
+            _account(summary, result)
+        summary.seconds = time.perf_counter() - start
+        _finalize(pipeline, manifest, summary)
+        return summary
+    finally:
+        lock.release()
 
 
 def _remove_dead_temporaries(manifest: Manifest, items: Sequence[VideoItem]) -> None:
@@ -303,30 +298,6 @@ def _finalize(pipeline: Pipeline, manifest: Manifest, summary: RunSummary) -> No
             raise
         summary.errors.append(f"{os_error_text(exc)} (while finishing the output; what is done is kept, "
                               "rerun the same command once this is fixed)")
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """While a run holds its lock, SIGTERM (Slurm preemption, `kill`) raises Terminated in the main
-    thread, so the lock is released and the run stops as after Ctrl-C."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-
-    def stop(signum: int, _frame: object) -> None:
-        received.append(signum)
-        raise Terminated(f"terminated by signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    except Exception as exc:
-        if received:  # e.g. the workers died of the same signal first: still a termination
-            raise Terminated(f"terminated by signal {received[0]}") from exc
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _account(summary: RunSummary, result: UnitResult) -> None:
