@@ -12,6 +12,8 @@ found while listing (a symlink loop, a folder named like a video). Paths are sto
 from __future__ import annotations
 
 import errno
+import functools
+import logging
 import os
 import unicodedata
 from collections import Counter
@@ -20,6 +22,8 @@ from pathlib import Path
 
 from flowkit.errors import ConfigError
 from flowkit.video import VIDEO_EXTENSIONS
+
+log = logging.getLogger("flowkit")
 
 
 @dataclass(frozen=True)
@@ -52,10 +56,19 @@ def _is_video_name(name: str) -> bool:
     return Path(name).suffix.lower() in VIDEO_EXTENSIONS
 
 
-def _absolute(path: Path) -> Path:
+def _absolute(path: Path | str) -> Path:
     """Absolute, `..` collapsed, the folder's symlinks resolved; the name itself kept (may be a link)."""
-    path = Path(os.path.abspath(path))
-    return Path(os.path.realpath(path.parent)) / path.name if path.name else path
+    head, name = os.path.split(os.path.abspath(path))
+    return Path(os.path.join(_real_folder(head), name)) if name else Path(head)
+
+
+def _relative(path: Path, root: Path) -> str | None:
+    """`path` relative to `root` as a posix string, None if outside (both absolute and normalized)."""
+    text, base = str(path), str(root).rstrip("/") + "/"
+    return text[len(base) :] if text.startswith(base) and len(text) > len(base) else None
+
+
+_real_folder = functools.lru_cache(maxsize=1 << 16)(os.path.realpath)  # list lines share folders
 
 
 # -- listing: (path, error) entries ---------------------------------------------------------------
@@ -66,6 +79,7 @@ def _walk(root: Path) -> list[Entry]:
     """Videos below `root`, following folder links once; hidden files and folders are skipped (as glob)."""
     entries: list[Entry] = []
     seen_dirs: set[str] = set()
+    hidden = 0
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen_dirs:
@@ -73,10 +87,15 @@ def _walk(root: Path) -> list[Entry]:
             continue
         seen_dirs.add(real)
         here = Path(dirpath)
+        hidden += sum(n.startswith(".") for n in dirnames) + sum(
+            n.startswith(".") and _is_video_name(n) for n in filenames
+        )
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         entries += [(here / d, "is a directory, not a video file") for d in dirnames if _is_video_name(d)]
         dirnames[:] = [d for d in dirnames if not _is_video_name(d) and not _loops(here / d, seen_dirs)]
-        entries += [_file_entry(here / n) for n in filenames if _is_video_name(n) and not n.startswith(".")]
+        entries += [_link_entry(here / n) for n in filenames if _is_video_name(n) and not n.startswith(".")]
+    if hidden:
+        log.info("%s: skipped %d hidden folder(s) or video(s) (names starting with '.')", root, hidden)
     return entries
 
 
@@ -84,16 +103,22 @@ def _loops(path: Path, seen: set[str]) -> bool:
     return path.is_symlink() and os.path.realpath(path) in seen
 
 
-def _file_entry(path: Path) -> Entry:
+def _link_entry(path: Path) -> Entry:
+    """A listed file with the problem of its symlink, if any (one lstat for an ordinary file)."""
     if path.is_symlink() and not path.exists():
         try:
             os.stat(path)
         except OSError as exc:
             cause = "symlink loop" if exc.errno == errno.ELOOP else "broken symlink (target missing)"
             return path, cause
-    if not path.exists() and not path.is_symlink():
-        return path, "file not found"
     return path, None
+
+
+def _file_entry(path: Path) -> Entry:
+    """A path named by the user (list line, INPUT): also 'file not found' when nothing is there."""
+    if not os.path.lexists(path):
+        return path, "file not found"
+    return _link_entry(path)
 
 
 def _read_list(list_file: Path) -> tuple[list[Entry], Path]:
@@ -103,10 +128,10 @@ def _read_list(list_file: Path) -> tuple[list[Entry], Path]:
     for raw in list_file.read_text(encoding="utf-8").splitlines():
         line = raw.strip()
         if line and not line.startswith("#"):
-            paths.append(_absolute(folder / line))  # an absolute line stays itself
+            paths.append(_absolute(os.path.join(folder, line)))  # an absolute line stays itself
     entries = [_file_entry(p) for p in paths]
     found = [p for p, error in entries if error != "file not found"] or paths
-    if all(folder in p.parents for p in found):
+    if all(_relative(p, folder) is not None for p in found):
         return entries, folder
     # A mistyped line must not move every id: missing paths do not count.
     return entries, Path(os.path.commonpath([str(p.parent) for p in found]))
@@ -138,7 +163,8 @@ def discover(input_path: str | Path, root: str | Path | None = None) -> list[Vid
 def assign_ids(entries: list[Entry], root: Path) -> list[VideoItem]:
     """Give each distinct path a safe id relative to `root` (module doc); sorted by id."""
     errors = dict(reversed(entries))  # one entry per path, the first error seen
-    full = {p: printable(p.relative_to(root).as_posix()) for p in errors if root in p.parents}
+    relative = {p: _relative(p, root) for p in errors}
+    full = {p: printable(rel) for p, rel in relative.items() if rel is not None}
     ids = _resolve_clashes(full, {p: _strip_extension(rel) for p, rel in full.items()})
     items = [_outside(p, root, errors[p]) for p in errors if p not in full]
     clashes = _clashing(ids, inside=True)
@@ -150,7 +176,7 @@ def assign_ids(entries: list[Entry], root: Path) -> list[VideoItem]:
 
 def _strip_extension(rel: str) -> str:
     # On the string: pathlib would fold 'a/..mp4' into 'a' instead of exposing the '.' part.
-    suffix = Path(rel.rsplit("/", 1)[-1]).suffix
+    suffix = os.path.splitext("_" + rel.rsplit("/", 1)[-1])[1]  # '_': '..mp4' has the suffix '.mp4'
     return rel[: -len(suffix)] if suffix else rel
 
 
