@@ -165,10 +165,12 @@ def assign_ids(entries: list[Entry], root: Path) -> list[VideoItem]:
     errors = dict(reversed(entries))  # one entry per path, the first error seen
     relative = {p: _relative(p, root) for p in errors}
     full = {p: printable(rel) for p, rel in relative.items() if rel is not None}
-    ids = _resolve_clashes(full, {p: _strip_extension(rel) for p, rel in full.items()})
+    ids = {p: _strip_extension(rel) for p, rel in full.items()}
+    # Only videos that will be written can clash; the others keep their plain id.
+    ok = _resolve_clashes(full, {p: vid for p, vid in ids.items() if not errors[p]})
+    clashes = _clashing(ok, inside=True)
     items = [_outside(p, root, errors[p]) for p in errors if p not in full]
-    clashes = _clashing(ids, inside=True)
-    for path, vid in ids.items():
+    for path, vid in {**ids, **ok}.items():
         cause = errors[path] or _id_problem(vid) or clashes.get(vid)
         items.append(VideoItem(vid, path, cause))
     return sorted(_unique(items), key=lambda item: item.video_id)

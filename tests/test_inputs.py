@@ -113,3 +113,17 @@ def test_paths_are_absolute_whatever_the_spelling(tmp_path, monkeypatch):
 def test_control_characters_in_names_are_escaped_in_ids(tmp_path):
     touch(tmp_path, "c/x\ny.mp4", "c/tab\there.mp4")
     assert [i.video_id for i in discover(tmp_path)] == ["c/tab\\there", "c/x\\ny"]
+
+
+def test_a_clash_no_rule_resolves_fails_only_those_videos(tmp_path):
+    touch(tmp_path, "a/x\ny.mp4", "a/x\\ny.mp4", "a/z.mp4")  # a newline, and a backslash + n
+    items = {i.path.name: i for i in discover(tmp_path)}
+    for name in ("x\ny.mp4", "x\\ny.mp4"):
+        assert items[name].error.startswith("two inputs have the video id 'a/x")
+    assert len({i.video_id for i in items.values()}) == 3
+    assert (items["z.mp4"].video_id, items["z.mp4"].error) == ("a/z", None)
+    listing = tmp_path / "list.txt"  # a missing file never blocks the id of a real one
+    listing.write_text("a/z/missing.mp4\na/z.mp4\n")
+    assert [(i.video_id, i.error) for i in discover(listing)] == [
+        ("a/z", None), ("a/z/missing", "file not found")
+    ]
