@@ -166,13 +166,13 @@ def assign_ids(entries: list[Entry], root: Path) -> list[VideoItem]:
     relative = {p: _relative(p, root) for p in errors}
     full = {p: printable(rel) for p, rel in relative.items() if rel is not None}
     ids = {p: _strip_extension(rel) for p, rel in full.items()}
+    problems = {p: errors[p] or _id_problem(vid) for p, vid in ids.items()}
     # Only videos that will be written can clash; the others keep their plain id.
-    ok = _resolve_clashes(full, {p: vid for p, vid in ids.items() if not errors[p]})
+    ok = _resolve_clashes(full, {p: vid for p, vid in ids.items() if not problems[p]})
     clashes = _clashing(ok, inside=True)
     items = [_outside(p, root, errors[p]) for p in errors if p not in full]
     for path, vid in {**ids, **ok}.items():
-        cause = errors[path] or _id_problem(vid) or clashes.get(vid)
-        items.append(VideoItem(vid, path, cause))
+        items.append(VideoItem(vid, path, problems[path] or clashes.get(vid)))
     return sorted(_unique(items), key=lambda item: item.video_id)
 
 
