@@ -129,14 +129,16 @@ def test_the_heartbeat_is_refreshed_while_the_lock_is_held(tmp_path, monkeypatch
 
 def test_two_runs_racing_for_a_stale_lock_cannot_both_win(tmp_path):
     write_lock(tmp_path, {"host": socket.gethostname(), "pid": dead_pid()})
-    go = tmp_path / "go"
+    go, end = tmp_path / "go", tmp_path / "end"
     script = f"""
         import os, time
         from flowkit.errors import ManifestError
         from flowkit.jobs.manifest import Manifest, RunLock
+        def wait_for(path):
+            while not os.path.exists(path):
+                time.sleep(0.01)
         print("ready", flush=True)
-        while not os.path.exists({str(go)!r}):
-            time.sleep(0.01)
+        wait_for({str(go)!r})
         lock = RunLock(Manifest({str(tmp_path)!r}), {TAG!r})
         try:
             lock.acquire()
@@ -144,15 +146,18 @@ def test_two_runs_racing_for_a_stale_lock_cannot_both_win(tmp_path):
             print("refused", flush=True)
         else:
             print("won", flush=True)
-            time.sleep(1.0)
+            wait_for({str(end)!r})  # hold the lock until both have answered
             lock.release()
         """
-    # Both judge the lock stale, then pause 0.5 s before taking it over.
-    procs = [child(script, FLOWKIT_TEST_LOCK_PAUSE="0.5") for _ in range(2)]
+    # Both judge the lock stale, then pause before taking it over.
+    procs = [child(script, FLOWKIT_TEST_LOCK_PAUSE="1.5") for _ in range(2)]
     for proc in procs:
         assert proc.stdout.readline().strip() == "ready"
     go.touch()
-    results = sorted(proc.communicate(timeout=60)[0].split()[-1] for proc in procs)
+    results = sorted(proc.stdout.readline().strip() for proc in procs)
+    end.touch()
+    for proc in procs:
+        proc.communicate(timeout=60)
     assert results == ["refused", "won"]
 
 

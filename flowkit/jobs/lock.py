@@ -162,23 +162,30 @@ class RunLock:
         try:
             os.write(fd, self._record())
             os.fsync(fd)
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                os.close(fd)
-                return None
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-                    raise
-                os.close(fd)
-                return self._create_without_links(path)
-            return fd
+            linked = self._link(tmp, path, fd)
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            os.close(fd)
             raise
         finally:
             tmp.unlink(missing_ok=True)
+        if linked is True:
+            return fd
+        os.close(fd)
+        return self._create_without_links(path) if linked is None else None
+
+    @staticmethod
+    def _link(tmp: Path, path: Path, fd: int) -> bool | None:
+        """Hard-link tmp to path: True if linked, False if path exists, None if links are unsupported."""
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            # NFS may report EEXIST for a link whose reply was lost: two names mean it is ours.
+            return os.fstat(fd).st_nlink == 2
+        except OSError as exc:
+            if exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                return None
+            raise
+        return True
 
     def _create_without_links(self, path: Path) -> int | None:
         """For filesystems without hard links: O_EXCL, then the record (empty for microseconds; readers
@@ -281,6 +288,7 @@ class RunLock:
                 return
             try:
                 os.pwrite(fd, self._record(), 0)
+                os.fsync(fd)  # NFS clients keep writes until a flush: other hosts must see the beat
                 if not self._is_mine():
                     log.warning("%s: this run's lock was taken over by another run", self.path)
                     return
