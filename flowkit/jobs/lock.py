@@ -64,6 +64,17 @@ def _parse_tag(tag: str) -> tuple[int, int] | None:
     return (int(match[1]), int(match[2])) if match else None
 
 
+Snapshot = tuple[dict[str, Any], os.stat_result]  # a lock file's record and stat, read through one fd
+
+
+def _same_file(a: Snapshot, b: Snapshot) -> bool:
+    """Whether two snapshots show the same lock file: the inode alone is not enough, a file created
+    just after an unlink often gets the freed inode back; the record (a unique token) and mtime tell."""
+    (owner_a, st_a), (owner_b, st_b) = a, b
+    same_inode = (st_a.st_ino, st_a.st_dev, st_a.st_mtime_ns) == (st_b.st_ino, st_b.st_dev, st_b.st_mtime_ns)
+    return same_inode and owner_a == owner_b
+
+
 def _pause_for_tests() -> None:
     # Test hook: FLOWKIT_TEST_LOCK_PAUSE=SECONDS sleeps between judging a lock stale and taking it
     # over, to prove that two runs racing for one stale lock cannot both win (tests/test_locks.py).
@@ -113,7 +124,7 @@ class RunLock:
             if not self._gone(*snapshot):
                 return None
             _pause_for_tests()
-            fd = self._take_over(snapshot[1])
+            fd = self._take_over(snapshot)
             if fd is not None:
                 return fd
         return None
@@ -200,7 +211,7 @@ class RunLock:
 
     # -- staleness and takeover ---------------------------------------------------------------------
     @staticmethod
-    def _snapshot(path: Path) -> tuple[dict[str, Any], os.stat_result] | None:
+    def _snapshot(path: Path) -> Snapshot | None:
         """The record and stat of one lock file (read through one descriptor), or None if absent."""
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -245,18 +256,19 @@ class RunLock:
         recorded = owner.get("pid_start")
         return bool(recorded) and _pid_start(pid) not in ("", recorded)
 
-    def _take_over(self, stale: os.stat_result) -> int | None:
+    def _take_over(self, stale: Snapshot) -> int | None:
         """Replace the stale lock, if it is still the file judged stale, under the takeover guard."""
         guard_fd = self._create(self.guard)
         if guard_fd is None:
             self._clear_dead_guard()
             return None
         try:
-            with contextlib.suppress(FileNotFoundError):
-                now = os.stat(self.path)
-                if (now.st_ino, now.st_dev) != (stale.st_ino, stale.st_dev):
+            now = self._snapshot(self.path)
+            if now is not None:
+                if not _same_file(now, stale):
                     return None  # replaced meanwhile: judge the new one
-                os.unlink(self.path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
             return self._create(self.path)
         finally:
             os.close(guard_fd)
@@ -265,17 +277,16 @@ class RunLock:
 
     def _clear_dead_guard(self) -> None:
         """A takeover guard left by a killed run is removed (atomically: set aside, then checked)."""
-        snapshot = self._snapshot(self.guard)
-        if snapshot is None or not self._gone(*snapshot):
+        judged = self._snapshot(self.guard)
+        if judged is None or not self._gone(*judged):
             return
-        st = snapshot[1]
         aside = temp_path(self.guard, "old")
         try:
             os.rename(self.guard, aside)
         except FileNotFoundError:
             return
-        moved = os.stat(aside)
-        if (moved.st_ino, moved.st_dev) != (st.st_ino, st.st_dev):
+        moved = self._snapshot(aside)
+        if moved is not None and not _same_file(moved, judged):
             with contextlib.suppress(FileExistsError):
                 os.link(aside, self.guard)  # not the one judged dead: put it back
         aside.unlink(missing_ok=True)
