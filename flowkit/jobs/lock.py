@@ -205,8 +205,13 @@ class RunLock:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             return None
-        os.write(fd, self._record())
-        os.fsync(fd)
+        try:
+            os.write(fd, self._record())
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)  # ours, created a moment ago: never leave it empty
+            raise
         return fd
 
     # -- staleness and takeover ---------------------------------------------------------------------
