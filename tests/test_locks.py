@@ -216,3 +216,19 @@ def test_a_rerun_removes_the_temporaries_of_dead_writers(tmp_path):
     assert result.exit_code == 0 and "skipped 1" in result.output, result.output
     assert [p for p in dead if p.exists()] == []
     assert [p for p in alive if not p.exists()] == []
+
+
+def test_without_hard_links_the_lock_is_still_exclusive_and_never_empty(tmp_path, monkeypatch):
+    import errno
+
+    def no_links(*_args):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    lock = RunLock(Manifest(tmp_path), TAG)
+    lock.acquire()
+    assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    with pytest.raises(ManifestError, match="another flowkit run"):
+        RunLock(Manifest(tmp_path), TAG).acquire()
+    lock.release()
+    assert not lock.path.exists() and os.listdir(lock.path.parent) == []

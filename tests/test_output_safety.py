@@ -131,3 +131,18 @@ def test_sources_are_stored_as_absolute_paths(tmp_path, monkeypatch):
     (record,) = Manifest(tmp_path / "frames").all_done()
     assert record["source"] == source
     assert json.loads(json.dumps(record))["video_id"] == "v"
+
+
+def test_root_sets_the_ids_of_a_list_of_absolute_paths(tmp_path):
+    for name in ("ds/c1/a.mp4", "ds/c2/b.mp4"):
+        moving_video(tmp_path / name, n=3, height=32, width=32)
+    listing = tmp_path / "elsewhere" / "train.txt"
+    listing.parent.mkdir()
+    listing.write_text(f"{tmp_path}/ds/c1/a.mp4\n{tmp_path}/ds/c2/b.mp4\n")
+    out = tmp_path / "out"
+    assert run("sample-frames", listing, "-o", out).exit_code == 0  # the videos' common folder
+    assert (out / "c1" / "a").is_dir() and (out / "c2" / "b").is_dir()
+    rooted = tmp_path / "rooted"
+    assert run("sample-frames", listing, "-o", rooted, "--root", tmp_path).exit_code == 0
+    ids = [line.split()[0] for line in (rooted / "list_rgb.txt").read_text().splitlines()]
+    assert ids == ["ds/c1/a", "ds/c2/b"]
