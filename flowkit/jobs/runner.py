@@ -23,8 +23,9 @@ from joblib import Parallel, delayed, parallel_config
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from flowkit.errors import ConfigError, FlowkitError, VideoError
-from flowkit.inputs import VideoItem
+from flowkit.atomic import remove_dead_temporaries
+from flowkit.errors import ConfigError, FlowkitError, VideoError, os_error_text
+from flowkit.inputs import VideoItem, printable
 from flowkit.jobs.manifest import EventLog, Manifest, RunLock
 from flowkit.threads import ThreadBudget, apply_budget, derive_budget
 
@@ -124,11 +125,12 @@ class RunSummary:
     frames: int = 0
     seconds: float = 0.0
     threads: str = ""  # the thread budget used (ThreadBudget.describe)
+    errors: list[str] = field(default_factory=list)  # failures of the run itself (e.g. writing lists)
 
     @property
     def exit_code(self) -> int:
         """0 when nothing failed, else 1."""
-        return 1 if self.failed else 0
+        return 1 if self.failed or self.errors else 0
 
     def lines(self) -> list[str]:
         """Human-readable summary: one line of counts, then one line per failure."""
@@ -144,6 +146,7 @@ class RunSummary:
         out += [f"threads: {self.threads}"] if self.threads else []
         out += [f"NOTE {path}: {remark}" for path, remark in self.notes]
         out += [f"FAILED {path}: {cause}" for _, path, cause in self.failed]
+        out += [f"ERROR {error}" for error in self.errors]
         return out
 
 
@@ -207,6 +210,9 @@ def execute_unit(
         path = str(unit.items[0].path) if len(unit.items) == 1 else unit.uid
         result = UnitResult(unit.uid, "failed", failures=[(path, one_line(exc, path))])
     result.seconds = time.perf_counter() - start
+    # Names may hold newlines or escapes: each failure and note stays one line, here and in the log.
+    result.failures = [(printable(p), printable(c)) for p, c in result.failures]
+    result.notes = [(printable(p), printable(r)) for p, r in result.notes]
     fields = {"unit": unit.uid, "shard": tag, "seconds": round(result.seconds, 3), "frames": result.frames}
     if result.failures:
         fields["failures"] = result.failures
@@ -239,6 +245,8 @@ def _select(
         if opts.overwrite:
             manifest.clear_done(unit.uid)
             todo.append(unit)
+        elif len(unit.items) == 1 and unit.items[0].error:
+            todo.append(unit)  # a listing problem (bad id, missing file) fails now, whatever was done
         elif pipeline.is_done(unit, manifest):
             summary.skipped += 1
         elif opts.retry_failed and unit.uid not in last_failed:
@@ -270,6 +278,7 @@ def run_pipeline(
         manifest.open_job(pipeline.command, pipeline.output_config(), options.overwrite)
         summary = RunSummary()
         units = pipeline.make_units(items)
+        _remove_dead_temporaries(manifest, items)
         manifest.write_units([u.uid for u in units])
         todo = _select(pipeline, units, manifest, options, summary)
         budget = thread_budget(options, len(todo))
@@ -280,7 +289,7 @@ def run_pipeline(
         for result in _progress(_results(pipeline, todo, out, options, budget), len(todo), options.quiet):
             _account(summary, result)
         summary.seconds = time.perf_counter() - start
-        summary.failed.extend(("finalize", path, cause) for path, cause in pipeline.finalize(manifest) or ())
+        _finalize(pipeline, manifest, summary)
         return summary
     finally:
         lock.release()
@@ -296,6 +305,25 @@ def thread_budget(options: RunOptions, units: int) -> ThreadBudget:
 def _in_processes(options: RunOptions, units: int) -> bool:
     """Whether the units run in worker processes (loky with >1 job, dask) rather than here."""
     return options.backend == "dask" or (options.backend == "loky" and min(options.jobs, units) > 1)
+def _remove_dead_temporaries(manifest: Manifest, items: Sequence[VideoItem]) -> None:
+    """Temporaries of killed writers: in .flowkit, at the top of OUT and beside every video's output."""
+    state = manifest.state_dir
+    parents = {(manifest.out_dir / item.video_id).parent for item in items if not item.error}
+    removed = remove_dead_temporaries([state, state / "done", state / "locks", manifest.out_dir, *parents])
+    if removed:
+        log.debug("removed %d temporaries of killed runs", len(removed))
+
+
+def _finalize(pipeline: Pipeline, manifest: Manifest, summary: RunSummary) -> None:
+    """Write what spans units; a full or read-only disk is reported in the summary, not as a traceback."""
+    try:
+        failures = pipeline.finalize(manifest) or ()
+        summary.failed.extend(("finalize", path, cause) for path, cause in failures)
+    except OSError as exc:
+        if os.environ.get("FLOWKIT_DEBUG"):
+            raise
+        summary.errors.append(f"{os_error_text(exc)} (while finishing the output; what is done is kept, "
+                              "rerun the same command once this is fixed)")
 
 
 def _account(summary: RunSummary, result: UnitResult) -> None:
