@@ -3,6 +3,11 @@
 ``create_model("i3d", stream="flow")`` builds a network in eval mode with random weights; load
 weights with :func:`flowkit.models.weights.load_checkpoint`. ``c3d_test`` and ``i3d_test`` are
 tiny variants (channels / 16, same key names) for tests and smoke runs.
+
+Beyond C3D/I3D (optional extras; see README "Models"): frame encoders (``kind="frame"``: resnet50,
+clip-vit-b16, clip-vit-l14, dinov2-vit-b14, in :mod:`flowkit.models.frame_encoders`) and
+torchvision's video classifiers (r2plus1d_18, r3d_18, mc3_18, s3d, mvit_v2_s, swin3d_t, in
+:mod:`flowkit.models.video_backbones`). ``*_test`` names are tiny variants for tests.
 """
 
 from __future__ import annotations
@@ -16,8 +21,19 @@ from torch import nn
 
 from flowkit.errors import ConfigError
 from flowkit.models.c3d import C3D
+from flowkit.models.frame_encoders import ClipVisionEncoder, Dinov2Encoder, ResNetEncoder
 from flowkit.models.i3d import I3D
+from flowkit.models.image_preprocess import (
+    CLIP_MEAN,
+    CLIP_STD,
+    KINETICS_MEAN,
+    KINETICS_STD,
+    ImageRecipe,
+    preprocess_clip_frames,
+    preprocess_images,
+)
 from flowkit.models.preprocess import preprocess_c3d, preprocess_i3d_flow, preprocess_i3d_rgb
+from flowkit.models.video_backbones import VIDEO_ARCHS, TorchvisionVideo
 from flowkit.models.weights import STREAM_CHANNELS, CheckpointInfo, load_checkpoint
 
 __all__ = [
@@ -52,6 +68,10 @@ class ModelSpec:
     clip_len: int
     min_clip_len: int
     input_size: int  # square crop the model expects
+    kind: str = "clip"  # "clip": windows of frames (C, T, H, W); "frame": one image (3, H, W)
+    extra: str | None = None  # pip extra of flowkit that provides the model's library
+    native_decode: bool = False  # preprocessing resizes from native frames itself
+    checkpoints: tuple[str, ...] = ()  # public weight files it loads (README table)
 
     @property
     def feature_dim(self) -> int:
@@ -150,3 +170,91 @@ def _build_i3d(stream: str = "rgb", **kwargs: object) -> I3D:
 def _build_i3d_test(stream: str = "rgb", **kwargs: object) -> I3D:
     """Tiny I3D (channels / 16, 112px input) with the same key names, for tests."""
     return I3D(in_chans=_in_chans(stream), **{"width_div": 16, "pool_size": (2, 4, 4), **kwargs})
+
+
+# --- frame encoders (one image per sampled frame) -------------------------------------------------
+
+_RESNET_RECIPE = ImageRecipe(resize=256, crop=224)  # torchvision IMAGENET1K_V1 preset
+_CLIP_RECIPE = ImageRecipe(resize=224, crop=224, mean=CLIP_MEAN, std=CLIP_STD, interpolation="bicubic")
+_DINO_RECIPE = ImageRecipe(resize=256, crop=224, interpolation="bicubic")  # DINOv2 eval transform
+
+
+def _frames(recipe: ImageRecipe) -> dict[str, Preprocess]:
+    return {"rgb": partial(preprocess_images, recipe=recipe)}
+
+
+def _frame_model(name: str, cls: type, dims: dict[str, int], default: str, map_layer: str,
+                 map_shape: tuple[int, int, int], recipe: ImageRecipe, extra: str,
+                 checkpoints: tuple[str, ...], **defaults: object) -> None:
+    """Register a frame encoder ``name`` built as ``cls(**defaults, **kwargs)``."""
+
+    def build(stream: str = "rgb", **kwargs: object) -> nn.Module:
+        return cls(**{**defaults, **kwargs})
+
+    register_model(name, model_cls=cls, preprocess=_frames(recipe), default_layer=default,
+                   layers=dims, map_layer=map_layer, map_shape=map_shape, clip_len=1,
+                   min_clip_len=1, input_size=recipe.crop, kind="frame", extra=extra,
+                   native_decode=True, checkpoints=checkpoints)(build)
+
+
+_frame_model("resnet50", ResNetEncoder, {"pool5": 2048, "mean": 2048, "logits": 1000}, "pool5",
+             "layer4", (2048, 7, 7), _RESNET_RECIPE, "torchvision",
+             ("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth"))
+_frame_model("resnet50_test", ResNetEncoder, {"pool5": 2048, "mean": 2048, "logits": 1000}, "pool5",
+             "layer4", (2048, 2, 2), ImageRecipe(resize=64, crop=56), "torchvision", (),
+             layers=(1, 1, 1, 1))
+_frame_model("clip-vit-b16", ClipVisionEncoder, {"embed": 512, "cls": 768, "mean": 768}, "embed",
+             "tokens", (768, 14, 14), _CLIP_RECIPE, "clip", ("ViT-B-16.pt (OpenAI)",))
+_frame_model("clip-vit-l14", ClipVisionEncoder, {"embed": 768, "cls": 1024, "mean": 1024}, "embed",
+             "tokens", (1024, 16, 16), _CLIP_RECIPE, "clip", ("ViT-L-14.pt (OpenAI)",),
+             embed_dim=768, width=1024, layers=24, patch_size=14)
+_frame_model("clip_test", ClipVisionEncoder, {"embed": 32, "cls": 64, "mean": 64}, "embed", "tokens",
+             (64, 4, 4), ImageRecipe(resize=64, crop=64, mean=CLIP_MEAN, std=CLIP_STD,
+                                     interpolation="bicubic"), "clip", (),
+             embed_dim=32, width=64, layers=2, patch_size=16, image_size=64, head_width=32)
+_frame_model("dinov2-vit-b14", Dinov2Encoder, {"cls": 768, "mean": 768}, "cls", "tokens",
+             (768, 16, 16), _DINO_RECIPE, "timm", ("dinov2_vitb14_pretrain.pth",))
+_frame_model("dinov2_test", Dinov2Encoder, {"cls": 64, "mean": 64}, "cls", "tokens", (64, 4, 4),
+             ImageRecipe(resize=64, crop=56, interpolation="bicubic"), "timm", (),
+             img_size=56, embed_dim=64, depth=2, num_heads=2)
+
+
+# --- torchvision video classifiers (windows of frames) --------------------------------------------
+
+def _video_recipe(crop: int, resize: int | None, resize_hw: tuple[int, int] | None = None,
+                  mean: tuple = KINETICS_MEAN, std: tuple = KINETICS_STD) -> ImageRecipe:
+    """torchvision ``VideoClassification`` preset: bilinear without antialias, centre crop."""
+    return ImageRecipe(resize=resize, resize_hw=resize_hw, crop=crop, mean=mean, std=std,
+                       antialias=False)
+
+
+_IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+# name -> (recipe, clip_len (torchvision's evaluation clip), dim, map shape, checkpoint)
+_VIDEO = {
+    "r2plus1d_18": (_video_recipe(112, None, (128, 171)), 16, 512, (512, 7, 7), "r2plus1d_18-91a641e6.pth"),
+    "r3d_18": (_video_recipe(112, None, (128, 171)), 16, 512, (512, 7, 7), "r3d_18-b3b3357e.pth"),
+    "mc3_18": (_video_recipe(112, None, (128, 171)), 16, 512, (512, 7, 7), "mc3_18-a90a0ba3.pth"),
+    "s3d": (_video_recipe(224, None, (256, 256)), 128, 1024, (1024, 7, 7), "s3d-d76dad2f.pth"),
+    "mvit_v2_s": (_video_recipe(224, 256, mean=(0.45,) * 3, std=(0.225,) * 3), 16, 768, (768, 7, 7),
+                  "mvit_v2_s-ae3be167.pth"),
+    "swin3d_t": (_video_recipe(224, 256, **_IMAGENET), 32, 768, (768, 7, 7), "swin3d_t-7615ae03.pth"),
+}
+
+
+def _video_model(arch: str) -> None:
+    recipe, clip_len, dim, map_shape, ckpt = _VIDEO[arch]
+    _, _, layer, map_layer = VIDEO_ARCHS[arch]
+
+    def build(stream: str = "rgb", **kwargs: object) -> nn.Module:
+        return TorchvisionVideo(arch, **kwargs)
+
+    register_model(arch, model_cls=TorchvisionVideo,
+                   preprocess={"rgb": partial(preprocess_clip_frames, recipe=recipe)},
+                   default_layer=layer, layers={layer: dim, "logits": 400}, map_layer=map_layer,
+                   map_shape=map_shape, clip_len=clip_len, min_clip_len=16 if arch == "mvit_v2_s" else 1,
+                   input_size=recipe.crop, extra="torchvision", native_decode=True,
+                   checkpoints=(ckpt,))(build)
+
+
+for _arch in _VIDEO:
+    _video_model(_arch)
