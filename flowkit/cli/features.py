@@ -14,7 +14,13 @@ from flowkit.pipelines.features import COMBINES, STREAMS
 @click.command("features")
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @batch_options
-@click.option("-m", "--model", default=None, help="c3d (fc6, 4096-d) or i3d (1024-d).  [default: c3d]")
+@click.option(
+    "-m",
+    "--model",
+    default=None,
+    help="c3d (fc6, 4096-d), i3d (1024-d), or another model of README's table (clip-vit-b16, "
+    "resnet50, r2plus1d_18, ...).  [default: c3d]",
+)
 @click.option(
     "--weights",
     type=click.Path(exists=True, dir_okay=False),
@@ -104,9 +110,31 @@ from flowkit.pipelines.features import COMBINES, STREAMS
 @click.option("--shard-name", default=None, help="Shard file prefix.  [default: the model name]")
 @click.option(
     "--slowfast-layout",
+    "--slowfast",
+    "slowfast_layout",
     type=click.IntRange(min=1),
     default=None,
-    help="Also store the spatial map (I3D Mixed_5c 7x7, C3D pool5) of every K-th window.",
+    help="Also store the spatial map of every K-th window (I3D Mixed_5c, C3D pool5) or, for frame "
+    "encoders, of every K-th sampled frame (the first is slow), the others pooled: the slow-fast layout.",
+)
+@click.option(
+    "--sampler",
+    type=click.Choice(["fps", "uniform", "all"]),
+    default=None,
+    help="Frame encoders: which frames to encode.  [default: fps with --fps, else all]",
+)
+@click.option(
+    "--max-frames",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Frame encoders: at most this many frames, spread over the video (uniform: exactly this many).",
+)
+@click.option(
+    "--crops",
+    type=click.Choice(["1", "3", "10"]),
+    default=None,
+    help="Test-time crops: centre; 3 along the long side; 10 = 4 corners + centre, then flipped "
+    "(stored as an extra axis [N, crops, D]).  [default: 1]",
 )
 @click.option(
     "--batch-size", type=click.IntRange(min=1), default=None, help="Clips per forward pass.  [default: 8]"
@@ -151,6 +179,8 @@ def features(
 
     setup_logging(quiet)
     engine_device, devices = parse_devices(device or "auto")
+    if options.get("crops") is not None:
+        options["crops"] = int(options["crops"])
     cfg = FeaturesConfig(**drop_unset(format=fmt, **options), device=engine_device)
     if cfg.random_weights:
         click.echo(

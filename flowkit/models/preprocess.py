@@ -121,11 +121,13 @@ def preprocess_c3d(
     return torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)))
 
 
-def _resize_crop(images: np.ndarray, short_side: int | None, crop: int,
+def _resize_crop(images: np.ndarray, short_side: int | None, crop: int | None,
                  rounding: str) -> np.ndarray:
-    """Resize (T, H, W, C) to the short side (None keeps the size), then centre crop."""
+    """Resize (T, H, W, C) to the short side (None keeps the size), then centre crop (None: no crop)."""
     if short_side is not None:
         images = _resize_all(images, *resize_short_side(*images.shape[1:3], short_side))
+    if crop is None:  # the caller cuts several crops (flowkit.models.crops)
+        return images
     top, left = center_crop_offsets(*images.shape[1:3], crop, rounding)
     return images[:, top:top + crop, left:left + crop]
 
@@ -134,7 +136,7 @@ def preprocess_i3d_rgb(
     frames: np.ndarray,
     *,
     short_side: int | None = 256,
-    crop: int = 224,
+    crop: int | None = 224,
     crop_rounding: str = "floor",
 ) -> torch.Tensor:
     """BGR uint8 (T, H, W, 3) -> I3D RGB input (3, T, 224, 224) in [-1, 1] (DeepMind recipe).
@@ -154,7 +156,7 @@ def preprocess_i3d_flow(
     *,
     bound: float = 20.0,
     short_side: int | None = 256,
-    crop: int = 224,
+    crop: int | None = 224,
     crop_rounding: str = "floor",
 ) -> torch.Tensor:
     """Flow (T, 2, H, W) -> I3D flow input (2, T, 224, 224) in [-1, 1]; channel 0 is x.

@@ -64,6 +64,9 @@ class FeaturesConfig:
     videos_per_shard: int = 100
     shard_name: str | None = None
     slowfast_layout: int | None = None
+    sampler: str | None = None
+    max_frames: int | None = None
+    crops: int = 1
     batch_size: int = 8
     device: str = "auto"
     amp: str = "none"
@@ -94,6 +97,11 @@ class FeaturesConfig:
                 raise ConfigError("--flow-dir holds flow between consecutive native frames: drop --fps")
         self._check_windows(spec)
         self._check_weights()
+        from flowkit.pipelines.frame_features import check_frame_options
+        from flowkit.pipelines.model_options import check_crops
+
+        check_frame_options(self, spec)
+        check_crops(self, spec)
 
     def _check_windows(self, spec: Any) -> None:
         clip = self.clip_len or spec.clip_len
@@ -171,7 +179,11 @@ class VideoFeatures:
         self.preprocess = {s: self._preprocessor(s) for s in cfg.streams}
 
     def _preprocessor(self, stream: str) -> Any:
+        from flowkit.pipelines.model_options import cropped_preprocessor
+
         fn = self.spec.preprocess[stream]
+        if self.cfg.crops > 1 or self.spec.native_decode:
+            return cropped_preprocessor(self.spec, stream, self.cfg)
         if stream == "flow":
             return lambda flows: fn(flows, bound=self.cfg.bound)
         if self.spec.model_cls.__name__ == "C3D" and self.cfg.mean_file:
@@ -242,6 +254,14 @@ class VideoFeatures:
             outputs.setdefault("map_windows", []).append(np.asarray([batch[k].number for k in picked]))
         for stream in self.cfg.streams:
             clips = [self.preprocess[stream](w.frames if stream == "rgb" else w.flows) for w in batch]
+            if self.cfg.crops > 1:  # (crops, C, T, H, W) per window: run crops as a batch, keep the axis
+                vectors = self.extractor.vectors(stream, [c for cl in clips for c in cl], self.layer)
+                outputs.setdefault(stream, []).append(vectors.reshape(len(clips), self.cfg.crops, -1))
+                if picked:
+                    maps = self.extractor.maps(stream, [c for k in picked for c in clips[k]])
+                    outputs.setdefault(f"map_{stream}", []).append(
+                        maps.reshape(len(picked), self.cfg.crops, *maps.shape[1:]))
+                continue
             outputs.setdefault(stream, []).append(self.extractor.vectors(stream, clips, self.layer))
             if picked:
                 maps = self.extractor.maps(stream, [clips[k] for k in picked])
@@ -252,13 +272,13 @@ class VideoFeatures:
         dtype = np.dtype(self.cfg.dtype)
         name = self.cfg.dataset_name
         dim = self.spec.layers[self.layer]
-        vectors = {s: _stack(outputs.get(s), dim) for s in self.cfg.streams}
+        vectors = {s: _stack(outputs.get(s), dim, self.cfg.crops) for s in self.cfg.streams}
         out: dict[str, np.ndarray] = {"frame_indices": plan.frame_ranges(), "timestamps": plan.time_ranges()}
         single = len(self.cfg.streams) == 1
         for stream, array in vectors.items():
             out[name if single else f"{name}_{stream}"] = array.astype(dtype)
         if self.cfg.combine == "concat":
-            out[name] = np.concatenate([vectors["rgb"], vectors["flow"]], axis=1).astype(dtype)
+            out[name] = np.concatenate([vectors["rgb"], vectors["flow"]], axis=-1).astype(dtype)
         elif self.cfg.combine == "sum":
             out[name] = (vectors["rgb"] + vectors["flow"]).astype(dtype)
         if self.cfg.slowfast_layout:
@@ -275,18 +295,28 @@ class VideoFeatures:
         for stream in self.cfg.streams:
             key = "spatial" if single else f"spatial_{stream}"
             maps = outputs.get(f"map_{stream}")
-            out[key] = (np.concatenate(maps) if maps else np.zeros((0, *shape), np.float32)).astype(dtype)
+            empty = (0, *shape) if self.cfg.crops == 1 else (0, self.cfg.crops, *shape)
+            out[key] = (np.concatenate(maps) if maps else np.zeros(empty, np.float32)).astype(dtype)
             out[f"{key}_window_indices"] = windows.astype(np.int64)
 
 
-def _stack(parts: list[np.ndarray] | None, dim: int) -> np.ndarray:
+def extractor_kind(cfg: FeaturesConfig) -> str:
+    """"frame" for image encoders (per-frame features), "clip" for window models."""
+    from flowkit.models import get_model_spec
+
+    return get_model_spec(cfg.model).kind
+
+
+def _stack(parts: list[np.ndarray] | None, dim: int, crops: int = 1) -> np.ndarray:
     if parts:
         return np.concatenate(parts).astype(np.float32)
-    return np.zeros((0, dim), np.float32)
+    return np.zeros((0, dim) if crops == 1 else (0, crops, dim), np.float32)
 
 
 def _frame_geometry(spec: Any) -> Resize:
     """Resize every decoded frame once to the model's working size (its preprocessing then only crops)."""
+    if spec.native_decode:  # torchvision-style preprocessing resizes from the decoded frames itself
+        return Resize()
     if spec.model_cls.__name__ == "C3D":
         return Resize(size=(171, 128))
     return Resize(short_side=round(spec.input_size * 256 / 224))
@@ -337,12 +367,18 @@ class FeaturesPipeline:
     def _features(self) -> VideoFeatures:
         cfg = self.cfg
         device = current_device(cfg.device)
-        model_kwargs = {"mode": cfg.c3d_mode} if cfg.model.startswith("c3d") else {"compat": cfg.i3d_compat}
+        from flowkit.pipelines.model_options import model_kwargs
+
+        kwargs = model_kwargs(cfg)
         weights = {s: cfg.weights_for(s) for s in cfg.streams}
         key = (json.dumps(cfg.output_config(), sort_keys=True, default=str), device)
         extractor = extractor_for(
-            key, lambda: Extractor(cfg.model, cfg.streams, weights, model_kwargs, device, cfg.amp)
+            key, lambda: Extractor(cfg.model, cfg.streams, weights, kwargs, device, cfg.amp)
         )
+        if extractor_kind(cfg) == "frame":
+            from flowkit.pipelines.frame_features import FrameFeatures
+
+            return FrameFeatures(cfg, extractor)  # type: ignore[return-value]
         return VideoFeatures(cfg, extractor)
 
     def _file_attrs(self, features: VideoFeatures) -> dict[str, Any]:

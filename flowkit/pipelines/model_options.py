@@ -1,0 +1,47 @@
+"""Model-dependent options of `flowkit features`: constructor kwargs, test-time crops, preprocessing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flowkit.errors import ConfigError
+from flowkit.models.crops import CROP_COUNTS, apply_crops, crop_boxes
+
+
+def model_kwargs(cfg: Any) -> dict[str, Any]:
+    """Constructor kwargs from the options that apply to the model family (C3D mode, I3D compat)."""
+    from flowkit.models import get_model_spec
+
+    cls = get_model_spec(cfg.model).model_cls.__name__
+    if cls == "C3D":
+        return {"mode": cfg.c3d_mode}
+    if cls == "I3D":
+        return {"compat": cfg.i3d_compat}
+    return {}
+
+
+def check_crops(cfg: Any, spec: Any) -> None:
+    """--crops is 1, 3 or 10; C3D's Caffe mean volume is tied to its centre crop, so C3D takes 1."""
+    if cfg.crops not in CROP_COUNTS:
+        raise ConfigError(f"--crops must be one of {', '.join(map(str, CROP_COUNTS))}, got {cfg.crops}")
+    if cfg.crops > 1 and spec.model_cls.__name__ == "C3D":
+        raise ConfigError("--crops 3/10 is not available for C3D (its mean volume is set at the centre crop)")
+
+
+def cropped_preprocessor(spec: Any, stream: str, cfg: Any) -> Any:
+    """Window preprocessing returning (crops, C, T, S, S) for crops > 1, else (C, T, S, S).
+
+    torchvision video models crop in their own preprocessing; I3D is preprocessed uncropped
+    (resized, scaled) and then cut into the crop boxes; a flipped flow crop has its x negated.
+    """
+    fn = spec.preprocess[stream]
+    if spec.native_decode:
+        return lambda frames: fn(frames, crops=cfg.crops)
+    size = spec.input_size
+
+    def run(data: Any) -> Any:
+        full = fn(data, bound=cfg.bound, crop=None) if stream == "flow" else fn(data, crop=None)
+        boxes = crop_boxes(full.shape[-2], full.shape[-1], size, cfg.crops)
+        return apply_crops(full, boxes, channel_axis=0, flow=stream == "flow")
+
+    return run
