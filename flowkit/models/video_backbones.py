@@ -46,20 +46,26 @@ class TorchvisionVideo(nn.Module):
 
     in_chans = 3
 
-    def __init__(self, arch: str, num_classes: int = 400, **kwargs: object) -> None:
+    def __init__(self, arch: str, num_classes: int = 400, net: nn.Module | None = None,
+                 **kwargs: object) -> None:
+        """Build torchvision's ``arch`` (kwargs go to its builder), or wrap ``net``: a network of
+        that class built otherwise (tests use small configurations of MViT)."""
         super().__init__()
         if arch not in VIDEO_ARCHS:
             raise ValueError(f"unknown torchvision video model {arch!r}; choose one of {tuple(VIDEO_ARCHS)}")
         video = require("torchvision.models.video")
         self.arch = arch
-        self.net = getattr(video, arch)(weights=None, num_classes=num_classes, **kwargs)
+        self.net = net if net is not None else getattr(video, arch)(weights=None, num_classes=num_classes,
+                                                                    **kwargs)
         first, head, self.default_layer, self.map_layer = VIDEO_ARCHS[arch]
         self.first_conv, self.classifier = f"net.{first}", f"net.{head}"
-        self.num_classes = num_classes
+        self.num_classes = num_classes if net is None else self._head_module().out_features
         self.num_features = self._head_module().in_channels if arch == "s3d" else \
             self._head_module().in_features
         self.feature_dims = {self.default_layer: self.num_features, "logits": num_classes}
-        self.min_clip_len = 16 if arch == "mvit_v2_s" else 1
+        self.min_clip_len = 1
+        if arch == "mvit_v2_s":  # its positional tables fix the clip length (16 frames)
+            self.min_clip_len = self.net.pos_encoding.temporal_size * self.net.conv_proj.stride[0]
 
     def _head_module(self) -> nn.Module:
         return self.net.get_submodule(VIDEO_ARCHS[self.arch][1])
@@ -109,7 +115,7 @@ class TorchvisionVideo(nn.Module):
     def _check(self, x: torch.Tensor) -> None:
         if x.ndim != 5 or x.shape[1] != 3:
             raise ValueError(f"{self.arch} expects (B, 3, T, H, W), got {tuple(x.shape)}")
-        if x.shape[2] < self.min_clip_len:
+        if x.shape[2] < self.min_clip_len or (self.arch == "mvit_v2_s" and x.shape[2] != self.min_clip_len):
             raise ValueError(f"{self.arch} needs at least {self.min_clip_len} frames, got {x.shape[2]}")
 
     def extract(self, x: torch.Tensor, layer: str | None = None) -> torch.Tensor:
