@@ -50,7 +50,7 @@ def test_flipped_flow_crop_negates_x():
         torch.testing.assert_close(crops[k, 0], flow[0][(..., *crops_box(k))])
     # the I3D flow preprocessing with --crops 10 flips x the same way
     spec = get_model_spec("i3d_test")
-    cfg = types.SimpleNamespace(crops=10, bound=20.0)
+    cfg = types.SimpleNamespace(crops=10, bound=20.0, i3d_compat="tf", flow_algorithm="tvl1", flow_dir=None)
     pixels = np.zeros((2, 2, 128, 160), np.float32)
     pixels[:, 0] = 4.0  # moving right
     out = cropped_preprocessor(spec, "flow", cfg)(pixels)

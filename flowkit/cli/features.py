@@ -85,7 +85,19 @@ from flowkit.pipelines.features import COMBINES, STREAMS
     help="C3D: full Sports-1M mean volume (.binaryproto or .npy) instead of per-channel means.",
 )
 @click.option(
-    "--flow-algorithm", default=None, help="Engine for the I3D flow stream (auto: the faster TV-L1 here)."
+    "--flow-algorithm",
+    default=None,
+    help="Engine for the I3D flow stream (auto: the faster TV-L1 here; raft: video_features' choice).",
+)
+@click.option(
+    "--raft-weights",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="With --flow-algorithm raft: local torchvision RAFT weights (raft_large_C_T_SKHT_V2-ff5fadd5.pth).",
+)
+@click.option("--raft-model", type=click.Choice(["large", "small"]), default=None, help="[default: large]")
+@click.option(
+    "--raft-iterations", type=click.IntRange(min=1), default=None, help="[default: 20, as video_features]"
 )
 @click.option(
     "--flow-dir",

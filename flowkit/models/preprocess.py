@@ -158,8 +158,12 @@ def preprocess_i3d_flow(
     short_side: int | None = 256,
     crop: int | None = 224,
     crop_rounding: str = "floor",
+    clip: bool = True,
 ) -> torch.Tensor:
     """Flow (T, 2, H, W) -> I3D flow input (2, T, 224, 224) in [-1, 1]; channel 0 is x.
+
+    ``clip=False`` takes float flow already scaled by ``bound`` as it is (video_features' quantised
+    flow reaches 256/127.5 - 1 = 1.0078).
 
     Float flow is in pixels: clipped to +-bound and divided by bound. uint8 flow holds the levels
     of :func:`flowkit.flow.quantize.quantize` (q -> dequantize(q, bound) / bound = q/127.5 - 1).
@@ -171,7 +175,8 @@ def preprocess_i3d_flow(
     if flow.dtype == np.uint8:
         unit = dequantize(flow, bound) / np.float32(bound)
     elif np.issubdtype(flow.dtype, np.floating):
-        unit = np.clip(flow.astype(np.float32), -bound, bound) / np.float32(bound)
+        unit = flow.astype(np.float32)
+        unit = (np.clip(unit, -bound, bound) if clip else unit) / np.float32(bound)
     else:
         raise ValueError(f"flow must be float (pixels) or uint8 (levels), got {flow.dtype}")
     clip = _resize_crop(unit.transpose(0, 2, 3, 1), short_side, crop, crop_rounding)

@@ -67,6 +67,9 @@ class FeaturesConfig:
     sampler: str | None = None
     max_frames: int | None = None
     crops: int = 1
+    raft_weights: str | None = None
+    raft_model: str = "large"
+    raft_iterations: int = 20
     batch_size: int = 8
     device: str = "auto"
     amp: str = "none"
@@ -98,10 +101,12 @@ class FeaturesConfig:
         self._check_windows(spec)
         self._check_weights()
         from flowkit.pipelines.frame_features import check_frame_options
-        from flowkit.pipelines.model_options import check_crops
+        from flowkit.pipelines.model_options import check_crops, flow_engine_params
 
         check_frame_options(self, spec)
         check_crops(self, spec)
+        if "flow" in self.streams and not self.flow_dir:
+            flow_engine_params(self)  # --flow-algorithm raft without --raft-weights fails now
 
     def _check_windows(self, spec: Any) -> None:
         clip = self.clip_len or spec.clip_len
@@ -185,7 +190,13 @@ class VideoFeatures:
         if self.cfg.crops > 1 or self.spec.native_decode:
             return cropped_preprocessor(self.spec, stream, self.cfg)
         if stream == "flow":
-            return lambda flows: fn(flows, bound=self.cfg.bound)
+            from flowkit.pipelines.model_options import flow_input
+
+            def flow_pre(flows: np.ndarray) -> Any:
+                values, kwargs = flow_input(flows, self.cfg)
+                return fn(values, **kwargs)
+
+            return flow_pre
         if self.spec.model_cls.__name__ == "C3D" and self.cfg.mean_file:
             from flowkit.models.preprocess import load_mean_file
 
@@ -241,9 +252,17 @@ class VideoFeatures:
 
     def _flow_fn(self) -> Any:
         from flowkit.pipelines.flow import FlowConfig, engine_for
+        from flowkit.pipelines.model_options import flow_engine_params
 
-        engine = engine_for(FlowConfig(algorithm=self.cfg.flow_algorithm), self.extractor.device)
-        return lambda prev, nxt: np.asarray(engine(prev, nxt), np.float32)
+        params = flow_engine_params(self.cfg)
+        engine = engine_for(FlowConfig(algorithm=self.cfg.flow_algorithm, engine_params=params),
+                            self.extractor.device)
+
+        def flow_fn(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+            return np.asarray(engine(prev, nxt), np.float32)
+
+        flow_fn.color = getattr(engine, "color", False)  # type: ignore[attr-defined]  # RAFT reads BGR
+        return flow_fn
 
     def _forward(self, batch: list[Window], outputs: dict[str, list[np.ndarray]]) -> None:
         if not batch:

@@ -40,8 +40,42 @@ def cropped_preprocessor(spec: Any, stream: str, cfg: Any) -> Any:
     size = spec.input_size
 
     def run(data: Any) -> Any:
-        full = fn(data, bound=cfg.bound, crop=None) if stream == "flow" else fn(data, crop=None)
+        if stream == "flow":
+            values, kwargs = flow_input(data, cfg)
+            full = fn(values, crop=None, **kwargs)
+        else:
+            full = fn(data, crop=None)
         boxes = crop_boxes(full.shape[-2], full.shape[-1], size, cfg.crops)
         return apply_crops(full, boxes, channel_axis=0, flow=stream == "flow")
 
     return run
+
+
+def flow_engine_params(cfg: Any) -> dict[str, Any]:
+    """Engine parameters of the I3D flow stream: RAFT's weights; video_features keeps its padding."""
+    if cfg.flow_algorithm != "raft":
+        return {}
+    if cfg.raft_weights is None:
+        raise ConfigError("--flow-algorithm raft needs --raft-weights PATH (local torchvision RAFT weights)")
+    params: dict[str, Any] = {"weights": str(cfg.raft_weights), "model": cfg.raft_model,
+                              "iterations": cfg.raft_iterations}
+    if cfg.i3d_compat == "video_features":
+        params["keep_padding"] = True  # video_features centre-crops the padded flow
+    return params
+
+
+def flow_input(flows: Any, cfg: Any) -> tuple[Any, dict[str, Any]]:
+    """(flow, keyword arguments) for the I3D flow preprocessing.
+
+    With ``--i3d-compat video_features --flow-algorithm raft`` the flow goes through video_features'
+    ``Clamp(-20, 20)``, ``ToUInt8`` (round(128 + 255/40 * flow), not clipped: +20 gives 256) and
+    ``ScaleTo1_1`` (2q/255 - 1), handed on unclipped with bound 1 (256 keeps its 1.0078).
+    """
+    import numpy as np
+
+    if cfg.i3d_compat != "video_features" or cfg.flow_algorithm != "raft" or cfg.flow_dir:
+        return flows, {"bound": cfg.bound}
+    clamped = np.clip(np.asarray(flows, np.float32), -20.0, 20.0)
+    levels = np.round(np.float32(128) + np.float32(255 / 40) * clamped)
+    unit = np.float32(2) * levels / np.float32(255) - np.float32(1)
+    return unit, {"bound": 1.0, "clip": False}
