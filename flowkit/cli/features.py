@@ -23,10 +23,10 @@ from flowkit.pipelines.features import COMBINES, STREAMS
 )
 @click.option(
     "--weights",
-    type=click.Path(exists=True, dir_okay=False),
+    type=click.Path(exists=True),
     default=None,
     help="Local checkpoint (DavideA c3d.pickle; piergiaj rgb/flow_imagenet.pt; video_features "
-    "model_rgb/flow.pth). Nothing is downloaded.",
+    "model_rgb/flow.pth; README's table; a save_pretrained folder for videomae). Nothing is downloaded.",
 )
 @click.option(
     "--flow-weights",

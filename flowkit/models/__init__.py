@@ -34,6 +34,7 @@ from flowkit.models.image_preprocess import (
 )
 from flowkit.models.preprocess import preprocess_c3d, preprocess_i3d_flow, preprocess_i3d_rgb
 from flowkit.models.video_backbones import VIDEO_ARCHS, TorchvisionVideo
+from flowkit.models.videomae import VideoMAE
 from flowkit.models.weights import STREAM_CHANNELS, CheckpointInfo, load_checkpoint
 
 __all__ = [
@@ -258,3 +259,33 @@ def _video_model(arch: str) -> None:
 
 for _arch in _VIDEO:
     _video_model(_arch)
+
+
+# --- transformers VideoMAE (a local save_pretrained folder) ----------------------------------------
+
+_VIDEOMAE_RECIPE = ImageRecipe(resize=224, crop=224)  # MCG-NJU preprocessor_config: ImageNet mean/std
+
+
+@register_model(
+    "videomae-base", model_cls=VideoMAE,
+    preprocess={"rgb": partial(preprocess_clip_frames, recipe=_VIDEOMAE_RECIPE)}, default_layer="pooled",
+    layers={"pooled": 768, "logits": 400}, map_layer="tokens", map_shape=(768, 14, 14), clip_len=16,
+    min_clip_len=16, input_size=224, extra="transformers", native_decode=True,
+    checkpoints=("MCG-NJU/videomae-base-finetuned-kinetics (local folder)",),
+)
+def _build_videomae(stream: str = "rgb", **kwargs: object) -> VideoMAE:
+    """VideoMAE-Base (ViT-B, 16 frames, tubelet 2); the checkpoint folder's config decides the size."""
+    return VideoMAE(**kwargs)
+
+
+@register_model(
+    "videomae_test", model_cls=VideoMAE,
+    preprocess={"rgb": partial(preprocess_clip_frames, recipe=ImageRecipe(resize=32, crop=32))},
+    default_layer="pooled", layers={"pooled": 32, "logits": 5}, map_layer="tokens", map_shape=(32, 2, 2),
+    clip_len=4, min_clip_len=4, input_size=32, extra="transformers", native_decode=True,
+)
+def _build_videomae_test(stream: str = "rgb", **kwargs: object) -> VideoMAE:
+    """Tiny VideoMAE for tests (same key names)."""
+    tiny = {"num_classes": 5, "image_size": 32, "patch_size": 16, "num_frames": 4, "tubelet_size": 2,
+            "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    return VideoMAE(**{**tiny, **kwargs})

@@ -59,6 +59,8 @@ KNOWN_SHA256: dict[str, str] = {
     "7615ae03": "torchvision/swin3d_t-7615ae03.pth",
     "ff5fadd5": "torchvision/raft_large_C_T_SKHT_V2-ff5fadd5.pth",
     "22a6c225": "torchvision/raft_large_C_T_V1-22a6c225.pth",
+    "0b8c9e55": "torchvision/raft_large_C_T_SKHT_V1-0b8c9e55.pth (port of raft-sintel.pth)",
+    "ad48884c": "torchvision/raft_small_C_T_V1-ad48884c.pth",
     "1bb1363a": "torchvision/raft_large_C_T_V2-1bb1363a.pth",
     "01064c6d": "torchvision/raft_small_C_T_V2-01064c6d.pth",
     "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f": "openai/ViT-B-16.pt",
@@ -258,6 +260,8 @@ def load_checkpoint(
     ``drop_head=True`` (or a checkpoint without one) the classifier is removed: features only.
     """
     path = Path(path)
+    if path.is_dir():
+        return _load_folder(model, path, drop_head)
     state, is_flowkit = read_state_dict(path)
     sha1 = git_blob_sha1(path)
     mapped, scheme = _remap(state, model, is_flowkit, path)
@@ -275,6 +279,17 @@ def load_checkpoint(
                 f", {info.known_name}" if info.known_name else "",
                 "".join(f"; {n}" for n in notes))
     return info
+
+
+def _load_folder(model: nn.Module, folder: Path, drop_head: bool) -> CheckpointInfo:
+    """A checkpoint folder (transformers ``save_pretrained``) for models that load one (VideoMAE)."""
+    if not hasattr(model, "load_folder"):
+        raise CheckpointError(folder, f"is a folder; {type(model).__name__} loads a checkpoint file")
+    weights, notes = model.load_folder(folder, drop_head=drop_head)
+    sha1 = git_blob_sha1(weights)
+    logger.info("loaded %s (transformers folder, %s sha1 %s)", folder, weights.name, sha1[:12])
+    return CheckpointInfo(str(folder), sha1, known_name(weights, sha1), "transformers", "rgb",
+                          model.num_classes or None, tuple(notes))
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, model_name: str) -> None:
