@@ -109,3 +109,14 @@ def test_npy_output_and_option_checks(make_video, tmp_path):
     bad = run("features", video, "-o", tmp_path / "y", "--model", "c3d_test", "--random-weights",
               "--max-frames", "8")
     assert bad.exit_code != 0 and "frame encoders" in bad.output
+
+
+def test_a_bad_video_fails_alone(make_video, tmp_path):
+    make_video("in/good.mp4", n=6, fps=5.0)
+    (tmp_path / "in" / "bad.mp4").write_bytes(b"not a video at all")
+    out = tmp_path / "out"
+    result = run("features", tmp_path / "in", "-o", out, "--model", "clip_test", "--random-weights",
+                 "--slowfast", "2")
+    assert result.exit_code != 0
+    assert "bad.mp4" in result.output
+    assert read_video(out / load_index(out)["good"], "good")["datasets"]["features"].shape == (6, 64)

@@ -65,3 +65,10 @@ def test_features_with_a_videomae_folder(folder, make_video, tmp_path):
     assert result.exit_code == 0, result.output
     feats = read_video(out / load_index(out)["v"], "v")["datasets"]["features"]
     assert feats.shape == (2, 32) and np.isfinite(feats).all()
+
+
+def test_fixed_clip_length_is_checked_up_front(make_video, tmp_path):
+    video = make_video("in/v.mp4", n=9)
+    result = run("features", video, "-o", tmp_path / "o", "--model", "videomae_test", "--random-weights",
+                 "--clip-len", "8")
+    assert result.exit_code != 0 and "exactly 4-frame clips" in result.output

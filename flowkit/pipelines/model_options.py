@@ -21,11 +21,15 @@ def model_kwargs(cfg: Any) -> dict[str, Any]:
 
 
 def check_crops(cfg: Any, spec: Any) -> None:
-    """--crops is 1, 3 or 10; C3D's Caffe mean volume is tied to its centre crop, so C3D takes 1."""
+    """--crops is 1, 3 or 10 (C3D: 1, its mean volume is tied to the centre crop); fixed clip lengths."""
     if cfg.crops not in CROP_COUNTS:
         raise ConfigError(f"--crops must be one of {', '.join(map(str, CROP_COUNTS))}, got {cfg.crops}")
     if cfg.crops > 1 and spec.model_cls.__name__ == "C3D":
         raise ConfigError("--crops 3/10 is not available for C3D (its mean volume is set at the centre crop)")
+    fixed = spec.kind == "clip" and spec.min_clip_len == spec.clip_len
+    if fixed and cfg.clip_len is not None and cfg.clip_len != spec.clip_len:
+        raise ConfigError(f"{cfg.model} takes exactly {spec.clip_len}-frame clips (its positional "
+                          f"tables or fc6 are sized for them), got --clip-len {cfg.clip_len}")
 
 
 def cropped_preprocessor(spec: Any, stream: str, cfg: Any) -> Any:
