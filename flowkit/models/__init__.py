@@ -33,6 +33,7 @@ from flowkit.models.image_preprocess import (
     preprocess_images,
 )
 from flowkit.models.preprocess import preprocess_c3d, preprocess_i3d_flow, preprocess_i3d_rgb
+from flowkit.models.slowfast import SlowFast
 from flowkit.models.video_backbones import VIDEO_ARCHS, TorchvisionVideo
 from flowkit.models.videomae import VideoMAE
 from flowkit.models.weights import STREAM_CHANNELS, CheckpointInfo, load_checkpoint
@@ -289,3 +290,32 @@ def _build_videomae_test(stream: str = "rgb", **kwargs: object) -> VideoMAE:
     tiny = {"num_classes": 5, "image_size": 32, "patch_size": 16, "num_frames": 4, "tubelet_size": 2,
             "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
     return VideoMAE(**{**tiny, **kwargs})
+
+
+# --- SlowFast R50 (PySlowFast key names; flowkit's own module-for-module port) --------------------
+
+_SLOWFAST_RECIPE = ImageRecipe(resize=256, crop=224, mean=(0.45,) * 3, std=(0.225,) * 3, antialias=False)
+
+
+@register_model(
+    "slowfast_r50", model_cls=SlowFast,
+    preprocess={"rgb": partial(preprocess_clip_frames, recipe=_SLOWFAST_RECIPE)}, default_layer="pooled",
+    layers={"pooled": 2304, "logits": 400}, map_layer="s5", map_shape=(2048, 7, 7), clip_len=32,
+    min_clip_len=32, input_size=224, native_decode=True,
+    checkpoints=("PySlowFast SLOWFAST_8x8_R50.pyth (model_state)",),
+)
+def _build_slowfast(stream: str = "rgb", **kwargs: object) -> SlowFast:
+    """SlowFast R50 8x8: 32 fast frames (64 raw at stride 2, e.g. --stride-less 32-frame windows)."""
+    return SlowFast(**kwargs)
+
+
+@register_model(
+    "slowfast_test", model_cls=SlowFast,
+    preprocess={"rgb": partial(preprocess_clip_frames, recipe=ImageRecipe(
+        resize=64, crop=64, mean=(0.45,) * 3, std=(0.225,) * 3, antialias=False))},
+    default_layer="pooled", layers={"pooled": 576, "logits": 400}, map_layer="s5", map_shape=(512, 2, 2),
+    clip_len=8, min_clip_len=8, input_size=64, native_decode=True,
+)
+def _build_slowfast_test(stream: str = "rgb", **kwargs: object) -> SlowFast:
+    """Tiny SlowFast (width 16, 8 fast frames, 64 px) with the same key names, for tests."""
+    return SlowFast(**{"width": 16, "num_frames": 8, "crop": 64, **kwargs})

@@ -132,7 +132,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
                                     f"{_short(exc)}") from exc
     is_flowkit = isinstance(raw, Mapping) and "flowkit" in raw
     # Unwrap {"state_dict": ...} / {"model": ...} training wrappers.
-    for wrapper in ("state_dict", "model"):
+    for wrapper in ("state_dict", "model", "model_state"):  # model_state: PySlowFast .pyth
         if isinstance(raw, Mapping) and isinstance(raw.get(wrapper), Mapping):
             raw = raw[wrapper]
             break
