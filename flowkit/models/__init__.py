@@ -23,6 +23,7 @@ from flowkit.errors import ConfigError
 from flowkit.models.c3d import C3D
 from flowkit.models.frame_encoders import ClipVisionEncoder, Dinov2Encoder, ResNetEncoder
 from flowkit.models.i3d import I3D
+from flowkit.models.i3d_r50 import I3DResNet50
 from flowkit.models.image_preprocess import (
     CLIP_MEAN,
     CLIP_STD,
@@ -319,3 +320,32 @@ def _build_slowfast(stream: str = "rgb", **kwargs: object) -> SlowFast:
 def _build_slowfast_test(stream: str = "rgb", **kwargs: object) -> SlowFast:
     """Tiny SlowFast (width 16, 8 fast frames, 64 px) with the same key names, for tests."""
     return SlowFast(**{"width": 16, "num_frames": 8, "crop": 64, **kwargs})
+
+
+# --- I3D ResNet-50 (Tushar-N/pytorch-resnet3d i3d_r50_kinetics.pth; flowkit's port) ---------------
+
+_I3D_R50_RECIPE = ImageRecipe(resize=256, crop=224, mean=(0.45,) * 3, std=(0.225,) * 3)
+
+
+@register_model(
+    "i3d_r50", model_cls=I3DResNet50,
+    preprocess={"rgb": partial(preprocess_clip_frames, recipe=_I3D_R50_RECIPE)}, default_layer="avgpool",
+    layers={"avgpool": 2048, "logits": 400}, map_layer="layer4", map_shape=(2048, 7, 7), clip_len=32,
+    min_clip_len=8, input_size=224, native_decode=True,
+    checkpoints=("Tushar-N i3d_r50_kinetics.pth",),
+)
+def _build_i3d_r50(stream: str = "rgb", **kwargs: object) -> I3DResNet50:
+    """I3D ResNet-50 (Kinetics-400), 32-frame clips by default."""
+    return I3DResNet50(**kwargs)
+
+
+@register_model(
+    "i3d_r50_test", model_cls=I3DResNet50,
+    preprocess={"rgb": partial(preprocess_clip_frames, recipe=ImageRecipe(
+        resize=64, crop=64, mean=(0.45,) * 3, std=(0.225,) * 3))},
+    default_layer="avgpool", layers={"avgpool": 256, "logits": 400}, map_layer="layer4",
+    map_shape=(256, 2, 2), clip_len=8, min_clip_len=8, input_size=64, native_decode=True,
+)
+def _build_i3d_r50_test(stream: str = "rgb", **kwargs: object) -> I3DResNet50:
+    """Tiny I3D ResNet-50 (width 8) with the same key names, for tests."""
+    return I3DResNet50(**{"width": 8, **kwargs})
