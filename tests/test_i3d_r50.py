@@ -85,3 +85,26 @@ def test_features_ten_crops_with_i3d_r50(make_video, tmp_path):
     assert result.exit_code == 0, result.output
     data = read_video(tmp_path / "o" / load_index(tmp_path / "o")["v"], "v")["datasets"]
     assert data["features"].shape == (1, 10, 256)  # [clips, crops, D], the anomaly-feature layout
+
+
+@torch.no_grad()
+def test_non_local_block_keys_and_math():
+    with torch.device("meta"):
+        state = create_model("i3d_r50_nl").state_dict()
+    nl = sorted({k.rsplit(".nl.", 1)[0] for k in state if ".nl." in k})
+    assert nl == ["layer2.1", "layer2.3", "layer3.1", "layer3.3", "layer3.5"]
+    assert tuple(state["layer3.1.nl.theta.weight"].shape) == (512, 1024, 1, 1, 1)
+    assert tuple(state["layer2.3.nl.out.weight"].shape) == (512, 256, 1, 1, 1)
+    block = _randomise(create_model("i3d_r50_test", non_local=True)).layer2[1].nl
+    x = torch.randn(1, 64, 2, 4, 4)
+    pooled = F.max_pool3d(x, (1, 2, 2))
+    assert block.dim_inner == 32  # half of the 64 block channels
+    theta = F.conv3d(x, block.theta.weight, block.theta.bias).flatten(2)  # (1, 32, 32 positions)
+    phi = F.conv3d(pooled, block.phi.weight, block.phi.bias).flatten(2)  # (1, 32, 8 positions)
+    g = F.conv3d(pooled, block.g.weight, block.g.bias).flatten(2)
+    weights = torch.softmax(theta.transpose(1, 2) @ phi / 32 ** 0.5, dim=-1)
+    t = (g @ weights.transpose(1, 2)).reshape(1, 32, 2, 4, 4)
+    out = F.conv3d(t, block.out.weight, block.out.bias)
+    out = F.batch_norm(out, block.bn.running_mean, block.bn.running_var, block.bn.weight, block.bn.bias,
+                       eps=1e-5)
+    torch.testing.assert_close(block(x), out + x)

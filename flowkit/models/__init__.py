@@ -340,6 +340,18 @@ def _build_i3d_r50(stream: str = "rgb", **kwargs: object) -> I3DResNet50:
 
 
 @register_model(
+    "i3d_r50_nl", model_cls=I3DResNet50,
+    preprocess={"rgb": partial(preprocess_clip_frames, recipe=_I3D_R50_RECIPE)}, default_layer="avgpool",
+    layers={"avgpool": 2048, "logits": 400}, map_layer="layer4", map_shape=(2048, 7, 7), clip_len=32,
+    min_clip_len=8, input_size=224, native_decode=True,
+    checkpoints=("Tushar-N i3d_r50_nl_kinetics.pth",),
+)
+def _build_i3d_r50_nl(stream: str = "rgb", **kwargs: object) -> I3DResNet50:
+    """I3D ResNet-50 with non-local blocks (layer2: 2, layer3: 3), Kinetics-400."""
+    return I3DResNet50(**{"non_local": True, **kwargs})
+
+
+@register_model(
     "i3d_r50_test", model_cls=I3DResNet50,
     preprocess={"rgb": partial(preprocess_clip_frames, recipe=ImageRecipe(
         resize=64, crop=64, mean=(0.45,) * 3, std=(0.225,) * 3))},

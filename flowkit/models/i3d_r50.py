@@ -10,8 +10,10 @@ conv1 5x7x7 stride 2 (time too), max pool 2x3x3 stride 2 (no padding), a 2x1x1 t
 layer1; bottleneck ``conv1`` is 3x1x1 where the inflation pattern says so (layer1 all; layer2/3
 every other block from the first; layer4 the second). Default layer ``avgpool``: the global average
 pool of layer4 (2048). Preprocessing: short side 256, centre crop 224, mean/std 0.45/0.225 (the
-Caffe2 release's 114.75/57.375 on 0-255 pixels). The non-local variant (``i3d_r50_nl_kinetics``)
-is not implemented.
+Caffe2 release's 114.75/57.375 on 0-255 pixels). ``non_local=True`` (``i3d_r50_nl``, checkpoint
+``i3d_r50_nl_kinetics.pth``) adds the embedded-Gaussian non-local block (``nl.{theta,phi,g,out,bn}``,
+phi/g on a 1x2x2 max-pooled input, softmax of theta.phi / sqrt(inner)) after blocks 1 and 3 of
+layer2 and 1, 3, 5 of layer3, as that file's ``I3Res50(use_nl=True)``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["I3DResNet50"]
@@ -28,11 +31,37 @@ _LAYERS = ((64, 3, 1, (1, 1, 1)), (128, 4, 2, (1, 0, 1, 0)), (256, 6, 2, (1, 0, 
            (512, 3, 2, (0, 1, 0)))
 
 
+class NonLocalBlock(nn.Module):
+    """Embedded-Gaussian non-local block of I3Res50 (residual, BN on the output projection)."""
+
+    def __init__(self, dim: int, dim_inner: int) -> None:
+        super().__init__()
+        self.dim_inner = dim_inner
+        self.theta = nn.Conv3d(dim, dim_inner, 1)
+        self.maxpool = nn.MaxPool3d((1, 2, 2), stride=(1, 2, 2))
+        self.phi = nn.Conv3d(dim, dim_inner, 1)
+        self.g = nn.Conv3d(dim, dim_inner, 1)
+        self.out = nn.Conv3d(dim_inner, dim, 1)
+        self.bn = nn.BatchNorm3d(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        pooled = self.maxpool(x)
+        theta = self.theta(x)
+        shape = theta.shape
+        theta = theta.reshape(b, self.dim_inner, -1)
+        phi = self.phi(pooled).reshape(b, self.dim_inner, -1)
+        g = self.g(pooled).reshape(b, self.dim_inner, -1)
+        attention = F.softmax(torch.bmm(theta.transpose(1, 2), phi) * self.dim_inner ** -0.5, dim=-1)
+        t = torch.bmm(g, attention.transpose(1, 2)).reshape(shape)
+        return self.bn(self.out(t)) + x
+
+
 class _Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int, downsample: nn.Module | None,
-                 temp_conv: int) -> None:
+                 temp_conv: int, non_local: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv3d(inplanes, planes, (1 + 2 * temp_conv, 1, 1), padding=(temp_conv, 0, 0),
                                bias=False)
@@ -44,13 +73,15 @@ class _Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm3d(planes * 4)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
+        self.nl = NonLocalBlock(planes * 4, planes * 2) if non_local else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         residual = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + residual)
+        out = self.relu(out + residual)
+        return out if self.nl is None else self.nl(out)
 
 
 class I3DResNet50(nn.Module):
@@ -63,7 +94,7 @@ class I3DResNet50(nn.Module):
     map_layer = "layer4"
     min_clip_len = 8
 
-    def __init__(self, num_classes: int = 400, width: int = 64) -> None:
+    def __init__(self, num_classes: int = 400, width: int = 64, non_local: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv3d(3, width, (5, 7, 7), stride=(2, 2, 2), padding=(2, 3, 3), bias=False)
         self.bn1 = nn.BatchNorm3d(width)
@@ -79,7 +110,9 @@ class I3DResNet50(nn.Module):
             )  # every first block changes the width or the stride in ResNet-50
             layer = [_Bottleneck(inplanes, planes, stride, downsample, temps[0])]
             inplanes = planes * 4
-            layer += [_Bottleneck(inplanes, planes, 1, None, temps[i]) for i in range(1, blocks)]
+            with_nl = non_local and index in (2, 3)  # I3Res50: i % 2 == 1 in layer2 and layer3
+            layer += [_Bottleneck(inplanes, planes, 1, None, temps[i], with_nl and i % 2 == 1)
+                      for i in range(1, blocks)]
             self.add_module(f"layer{index}", nn.Sequential(*layer))
         self.avgpool = nn.AdaptiveAvgPool3d((1, 1, 1))
         self.num_features = inplanes
