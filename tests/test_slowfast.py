@@ -111,3 +111,38 @@ def test_features_cli_runs_slowfast(make_video, tmp_path):
     assert result.exit_code == 0, result.output
     data = read_video(tmp_path / "o" / load_index(tmp_path / "o")["v"], "v")["datasets"]
     assert data["features"].shape == (2, 576)
+
+
+def _to_pytorchvideo(key: str) -> str:
+    """PySlowFast key -> pytorchvideo slowfast_r50 key, written from pytorchvideo's module names."""
+    stage, _, rest = key.partition(".")
+    if key.startswith("head.projection."):
+        return "blocks.6.proj." + key.rsplit(".", 1)[1]
+    if stage == "s1":
+        pathway, layer, param = rest.split(".")
+        return f"blocks.0.multipathway_blocks.{pathway[7]}.{'conv' if layer == 'conv' else 'norm'}.{param}"
+    if stage.endswith("_fuse"):
+        layer, param = rest.split(".")
+        n = int(stage[1]) - 1
+        name = "conv_fast_to_slow" if layer == "conv_f2s" else "norm"
+        return f"blocks.{n}.multipathway_fusion.{name}.{param}"
+    block, *layer, param = rest.split(".")
+    names = {"branch1": "branch1_conv", "branch1_bn": "branch1_norm", "branch2.a": "branch2.conv_a",
+             "branch2.a_bn": "branch2.norm_a", "branch2.b": "branch2.conv_b",
+             "branch2.b_bn": "branch2.norm_b", "branch2.c": "branch2.conv_c",
+             "branch2.c_bn": "branch2.norm_c"}
+    pathway, res = block.split("_")
+    return (f"blocks.{int(stage[1]) - 1}.multipathway_blocks.{pathway[7]}.res_blocks.{res[3:]}."
+            f"{names['.'.join(layer)]}.{param}")
+
+
+@torch.no_grad()
+def test_pytorchvideo_key_names_load(tmp_path):
+    model = _randomise(create_model("slowfast_test"))
+    state = {_to_pytorchvideo(k): v for k, v in model.state_dict().items()}
+    assert "blocks.1.multipathway_blocks.0.res_blocks.0.branch2.conv_a.weight" in state
+    torch.save(state, tmp_path / "SLOWFAST_8x8_R50.pyth")
+    loaded = create_model("slowfast_test")
+    assert load_checkpoint(loaded, tmp_path / "SLOWFAST_8x8_R50.pyth").scheme == "pytorchvideo"
+    x = torch.randn(1, 3, 8, 64, 64)
+    torch.testing.assert_close(loaded.extract(x), model.extract(x))

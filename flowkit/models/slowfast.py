@@ -3,7 +3,8 @@
 No installed library defines it, so this follows facebookresearch/SlowFast
 (``slowfast/models/video_model_builder.py`` ``SlowFast``, ``resnet_helper.py``, ``stem_helper.py``,
 ``head_helper.py``) module for module, so that PySlowFast checkpoints (``SLOWFAST_8x8_R50.pyth``,
-``{"model_state": ...}``) load strictly: ``s1.pathway{0,1}_stem.{conv,bn}``, ``s{1..4}_fuse.{conv_f2s,bn}``,
+``{"model_state": ...}``) and pytorchvideo's ``slowfast_r50`` state dict (``blocks.N.multipathway_*``,
+renamed) load strictly: ``s1.pathway{0,1}_stem.{conv,bn}``, ``s{1..4}_fuse.{conv_f2s,bn}``,
 ``s{2..5}.pathway{p}_res{i}.{branch1,branch1_bn,branch2.{a,a_bn,b,b_bn,c,c_bn}}``, ``head.projection``.
 
 Recipe (``SLOWFAST_8x8_R50.yaml``): alpha 4, beta_inv 8, fusion channel ratio 2, fusion kernel 7,
@@ -17,6 +18,7 @@ side 256, centre crop 224.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -224,11 +226,42 @@ class SlowFast(nn.Module):
 
     @staticmethod
     def key_scheme(state: Mapping[str, torch.Tensor]) -> str | None:
-        """"pyslowfast" for PySlowFast's key names."""
-        keys = {"s1.pathway0_stem.conv.weight", "s1_fuse.conv_f2s.weight"}
-        return "pyslowfast" if keys <= set(state) else None
+        """"pyslowfast" (PySlowFast .pyth) or "pytorchvideo" (``slowfast_r50`` of the model zoo)."""
+        if {"s1.pathway0_stem.conv.weight", "s1_fuse.conv_f2s.weight"} <= set(state):
+            return "pyslowfast"
+        ptv = {"blocks.0.multipathway_blocks.0.conv.weight",
+               "blocks.0.multipathway_fusion.conv_fast_to_slow.weight"}
+        if ptv <= set(state):
+            return "pytorchvideo"
+        return None
 
     @staticmethod
     def checkpoint_filter_fn(state: Mapping[str, torch.Tensor], model: nn.Module) -> dict:
-        """PySlowFast keys are ours."""
-        return dict(state)
+        """PySlowFast keys are ours; pytorchvideo's are renamed (same tensors, same shapes)."""
+        if SlowFast.key_scheme(state) != "pytorchvideo":
+            return dict(state)
+        return {_from_pytorchvideo(k): v for k, v in state.items()}
+
+
+# pytorchvideo create_slowfast: blocks.0 stem + fusion, blocks.1-4 stages (+ fusion for 1-3),
+# blocks.5 the pathway pools, blocks.6 the head (proj).
+_PTV_PARAMS = {"branch1_conv": "branch1", "branch1_norm": "branch1_bn", "branch2.conv_a": "branch2.a",
+               "branch2.norm_a": "branch2.a_bn", "branch2.conv_b": "branch2.b",
+               "branch2.norm_b": "branch2.b_bn", "branch2.conv_c": "branch2.c",
+               "branch2.norm_c": "branch2.c_bn"}
+
+
+def _from_pytorchvideo(key: str) -> str:
+    """pytorchvideo slowfast_r50 key -> PySlowFast key (unknown keys pass through and fail the load)."""
+    if m := re.fullmatch(r"blocks\.0\.multipathway_blocks\.(\d)\.(conv|norm)\.(.+)", key):
+        return f"s1.pathway{m[1]}_stem.{'conv' if m[2] == 'conv' else 'bn'}.{m[3]}"
+    if m := re.fullmatch(r"blocks\.(\d)\.multipathway_fusion\.(conv_fast_to_slow|norm)\.(.+)", key):
+        return f"s{int(m[1]) + 1}_fuse.{'conv_f2s' if m[2] == 'conv_fast_to_slow' else 'bn'}.{m[3]}"
+    pattern = r"blocks\.(\d)\.multipathway_blocks\.(\d)\.res_blocks\.(\d+)\.(.+)\.(\w+)"
+    if m := re.fullmatch(pattern, key):
+        param = _PTV_PARAMS.get(m[4])
+        if param is not None:
+            return f"s{int(m[1]) + 1}.pathway{m[2]}_res{m[3]}.{param}.{m[5]}"
+    if m := re.fullmatch(r"blocks\.6\.proj\.(\w+)", key):
+        return f"head.projection.{m[1]}"
+    return key
