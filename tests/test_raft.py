@@ -94,3 +94,45 @@ def test_extract_flow_and_features_with_raft(raft_weights, make_video, tmp_path)
     bad = run("features", video, "-o", tmp_path / "x", "--model", "i3d_test", "--random-weights",
               "--stream", "flow", "--flow-algorithm", "raft")
     assert bad.exit_code != 0 and "--raft-weights" in bad.output
+
+
+def _to_original(key: str) -> list[str]:
+    """torchvision RAFT-large key -> its princeton-vl/RAFT name(s) (core/extractor.py, core/update.py)."""
+    parts = key.split(".")
+    if parts[0] in ("feature_encoder", "context_encoder"):
+        enc = "fnet" if parts[0] == "feature_encoder" else "cnet"
+        if parts[1] == "convnormrelu":
+            return [f"{enc}.{'conv1' if parts[2] == '0' else 'norm1'}.{parts[3]}"]
+        if parts[1] == "conv":
+            return [f"{enc}.conv2.{parts[2]}"]
+        layer, block, sub, idx, param = parts[1:]
+        if sub == "downsample":
+            names = [f"{enc}.{layer}.{block}.downsample.{idx}.{param}"]
+            return names + ([f"{enc}.{layer}.{block}.norm3.{param}"] if idx == "1" else [])
+        conv = {"convnormrelu1": ("conv1", "norm1"), "convnormrelu2": ("conv2", "norm2")}[sub]
+        return [f"{enc}.{layer}.{block}.{conv[int(idx)]}.{param}"]
+    if parts[0] == "mask_predictor":
+        return [f"update_block.mask.{'0' if parts[1] == 'convrelu' else '2'}.{parts[-1]}"]
+    names = {"convcorr1": "convc1", "convcorr2": "convc2", "convflow1": "convf1", "convflow2": "convf2",
+             "conv": "conv"}
+    if parts[1] == "motion_encoder":
+        return [f"update_block.encoder.{names[parts[2]]}.{parts[-1]}"]
+    if parts[1] == "recurrent_block":
+        return [f"update_block.gru.{parts[3]}{parts[2][-1]}.{parts[-1]}"]
+    return [key]
+
+
+@torch.no_grad()
+def test_original_raft_sintel_names_load(tmp_path):
+    torch.manual_seed(0)
+    net = optical_flow.raft_large(weights=None)
+    original = {f"module.{name}": value for key, value in net.state_dict().items()
+                for name in _to_original(key)}  # DataParallel prefix, as raft-sintel.pth
+    assert "module.update_block.gru.convq2.weight" in original
+    assert "module.cnet.layer2.0.norm3.bias" in original
+    torch.save(original, tmp_path / "raft-sintel.pth")
+    from flowkit.flow.raft import load_raft
+
+    loaded, _, _ = load_raft("large", tmp_path / "raft-sintel.pth")
+    for key, value in net.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key

@@ -1,7 +1,9 @@
 """RAFT optical flow (torchvision ``raft_large`` / ``raft_small``) as a batched flow engine.
 
 Weights load from a local file in torchvision's key names (``raft_large_C_T_SKHT_V2-ff5fadd5.pth``;
-``C_T_SKHT_V1`` is torchvision's port of the original ``raft-sintel.pth`` that video_features uses).
+``C_T_SKHT_V1`` is torchvision's port of the original ``raft-sintel.pth`` that video_features uses),
+or, for ``raft_large``, in the original princeton-vl/RAFT names (``raft-sintel.pth``, ``raft-things.pth``:
+``module.fnet.*``, ``cnet.*``, ``update_block.{encoder,gru,flow_head,mask}.*``), renamed here.
 RAFT reads colour: engines with ``color = True`` receive BGR uint8 (B, H, W, 3) frames (gray input
 is replicated to three channels, a fallback that differs from colour RAFT).
 
@@ -60,6 +62,47 @@ def _check_pairs(prev: np.ndarray, nxt: np.ndarray) -> tuple[np.ndarray, np.ndar
     return a, b, single
 
 
+_ORIGINAL_UPDATE = {
+    "encoder.convc1": "motion_encoder.convcorr1.0", "encoder.convc2": "motion_encoder.convcorr2.0",
+    "encoder.convf1": "motion_encoder.convflow1.0", "encoder.convf2": "motion_encoder.convflow2.0",
+    "encoder.conv": "motion_encoder.conv.0", "flow_head.conv1": "flow_head.conv1",
+    "flow_head.conv2": "flow_head.conv2",
+    **{f"gru.conv{g}{n}": f"recurrent_block.convgru{n}.conv{g}" for g in "zrq" for n in (1, 2)},
+}
+_ORIGINAL_BLOCK = {"conv1": "convnormrelu1.0", "norm1": "convnormrelu1.1", "conv2": "convnormrelu2.0",
+                   "norm2": "convnormrelu2.1", "downsample.0": "downsample.0", "downsample.1": "downsample.1"}
+
+
+def _from_original(key: str) -> str | None:
+    """princeton-vl/RAFT (RAFT-large) key -> torchvision key; None for the duplicate ``norm3`` keys."""
+    head, _, rest = key.partition(".")
+    if head in ("fnet", "cnet"):
+        encoder = "feature_encoder" if head == "fnet" else "context_encoder"
+        module, _, param = rest.rpartition(".")
+        if module in ("conv1", "norm1"):
+            return f"{encoder}.convnormrelu.{0 if module == 'conv1' else 1}.{param}"
+        if module == "conv2":
+            return f"{encoder}.conv.{param}"
+        layer, block, name = module.split(".", 2)
+        if name == "norm3":  # the same tensors as downsample.1
+            return None
+        return f"{encoder}.{layer}.{block}.{_ORIGINAL_BLOCK.get(name, name)}.{param}"
+    if head == "update_block":
+        module, _, param = rest.rpartition(".")
+        if module in ("mask.0", "mask.2"):
+            return f"mask_predictor.{'convrelu.0' if module == 'mask.0' else 'conv'}.{param}"
+        return f"update_block.{_ORIGINAL_UPDATE.get(module, module)}.{param}"
+    return key
+
+
+def torchvision_raft_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A RAFT state dict in torchvision's names: original princeton-vl files are renamed."""
+    if "fnet.conv1.weight" not in state or "update_block.gru.convz1.weight" not in state:
+        return state
+    renamed = {_from_original(k): v for k, v in state.items()}
+    return {k: v for k, v in renamed.items() if k is not None}
+
+
 def load_raft(model: str, weights: str | Path) -> tuple[torch.nn.Module, str, str | None]:
     """torchvision RAFT with a local state dict loaded strictly -> (net, git-blob sha1, known name)."""
     from flowkit.models.extras import require
@@ -73,6 +116,7 @@ def load_raft(model: str, weights: str | Path) -> tuple[torch.nn.Module, str, st
         raise EngineUnavailableError(str(exc)) from None
     net = getattr(flow_models, f"raft_{model}")(weights=None, progress=False)
     state, _ = read_state_dict(weights)
+    state = torchvision_raft_state(state)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
