@@ -1,10 +1,12 @@
-"""Benchmark C3D/I3D clip throughput with random weights; prints a markdown table.
+"""Benchmark model throughput with random weights; prints a markdown table.
 
     python bench/models.py                                 # CPU, c3d and i3d (rgb, flow)
-    python bench/models.py --device cuda --amp bf16 --batch 8
+    python bench/models.py --models all --iters 2          # every model, RAFT included
+    python bench/models.py --models all --device cuda --amp bf16 --batch 8     # GPU
 
 Times the model only (no decoding or preprocessing): each row is one model/stream at its default
-clip length and crop, ``--iters`` timed batches after ``--warmup`` untimed ones.
+clip length and crop (frame encoders: one image per item), ``--iters`` timed batches after
+``--warmup`` untimed ones. ``raft_large``/``raft_small`` rows time flow pairs at 256x344.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from contextlib import nullcontext
 
 import torch
 
-from flowkit.models import create_model, get_model_spec
+from flowkit.models import create_model, get_model_spec, list_models
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -31,10 +33,14 @@ def _sync(device: torch.device) -> None:
 def time_model(name: str, stream: str, device: torch.device, amp: str, batch: int,
                warmup: int, iters: int) -> dict:
     """Median seconds per batch of default-size clips for one model/stream."""
+    if name.startswith("raft_"):
+        return time_raft(name, device, amp, batch, warmup, iters)
     spec = get_model_spec(name)
     model = create_model(name, stream=stream).to(device)
     chans = 3 if stream == "rgb" else 2
-    x = torch.randn(batch, chans, spec.clip_len, spec.input_size, spec.input_size, device=device)
+    size = (spec.input_size, spec.input_size)
+    shape = (batch, chans, *size) if spec.kind == "frame" else (batch, chans, spec.clip_len, *size)
+    x = torch.randn(*shape, device=device)
     dtype = AMP_DTYPES[amp]
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
     times = []
@@ -47,16 +53,50 @@ def time_model(name: str, stream: str, device: torch.device, amp: str, batch: in
             if i >= warmup:
                 times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
+    if spec.kind == "frame":
+        return {"model": name, "stream": stream, "layer": spec.default_layer,
+                "clip": f"1x{spec.input_size}x{spec.input_size}", "batch": batch,
+                "ms_per_clip": 1000 * seconds / batch, "clips_per_s": batch / seconds,
+                "frames_per_s": batch / seconds}
     return {"model": name, "stream": stream, "layer": spec.default_layer,
             "clip": f"{spec.clip_len}x{spec.input_size}x{spec.input_size}", "batch": batch,
             "ms_per_clip": 1000 * seconds / batch, "clips_per_s": batch / seconds,
             "frames_per_s": batch * spec.clip_len / seconds}
 
 
+def time_raft(name: str, device: torch.device, amp: str, batch: int, warmup: int, iters: int) -> dict:
+    """Median seconds per batch of 256x344 frame pairs through torchvision RAFT (20 iterations)."""
+    from torchvision.models import optical_flow
+
+    net = getattr(optical_flow, name)(weights=None).eval().to(device)
+    a = torch.rand(batch, 3, 256, 344, device=device) * 2 - 1
+    b = torch.roll(a, 2, dims=-1)
+    dtype = AMP_DTYPES[amp]
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+    times = []
+    with torch.inference_mode(), autocast:
+        for i in range(warmup + iters):
+            _sync(device)
+            start = time.perf_counter()
+            net(a, b, num_flow_updates=20)
+            _sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    return {"model": name, "stream": "flow pairs", "layer": "20 iterations", "clip": "2x256x344",
+            "batch": batch, "ms_per_clip": 1000 * seconds / batch, "clips_per_s": batch / seconds,
+            "frames_per_s": batch / seconds}
+
+
+def all_models() -> list[str]:
+    """Every user-facing registry name (no *_test variants) and the RAFT engines."""
+    return [n for n in list_models() if not n.endswith("_test")] + ["raft_large", "raft_small"]
+
+
 def markdown(rows: list[dict], device: str, amp: str) -> str:
     """Rows as a markdown table."""
     lines = ["| model | stream | layer | clip (TxHxW) | batch | device | amp | ms/clip | clips/s "
-             "| frames/s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| frames/s (pairs/s for RAFT) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['stream']} | {r['layer']} | {r['clip']} | {r['batch']} "
                      f"| {device} | {amp} | {r['ms_per_clip']:.1f} | {r['clips_per_s']:.2f} "
@@ -67,7 +107,8 @@ def markdown(rows: list[dict], device: str, amp: str) -> str:
 def main() -> None:
     """Parse options, time each model/stream, print the environment and the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="c3d,i3d", help="comma-separated registry names")
+    parser.add_argument("--models", default="c3d,i3d",
+                        help="comma-separated registry names (and raft_large, raft_small), or 'all'")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", choices=sorted(AMP_DTYPES), default="none")
     parser.add_argument("--batch", type=int, default=1)
@@ -81,8 +122,10 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     rows = []
-    for name in args.models.split(","):
-        for stream in get_model_spec(name).streams:
+    names = all_models() if args.models == "all" else args.models.split(",")
+    for name in names:
+        streams = ("flow",) if name.startswith("raft_") else get_model_spec(name).streams
+        for stream in streams:
             rows.append(time_model(name, stream, device, args.amp, args.batch, args.warmup,
                                    args.iters))
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()

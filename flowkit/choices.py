@@ -6,7 +6,7 @@ start without loading torch or OpenCV; the pipelines validate against the same t
 
 from __future__ import annotations
 
-FLOW_ALGORITHMS = ("auto", "tvl1", "tvl1-opencv", "farneback", "dis", "tvl1-cuda-opencv")
+FLOW_ALGORITHMS = ("auto", "tvl1", "tvl1-opencv", "farneback", "dis", "tvl1-cuda-opencv", "raft")
 FLOW_FORMATS = ("jpg", "png", "h5", "npy")
 LAYOUT_NAMES = ("mmaction2", "denseflow", "tsn")  # flowkit.outputs.rawframes.LAYOUTS (tested equal)
 FEATURE_STREAMS = ("rgb", "flow", "both")

@@ -21,7 +21,23 @@ def _versions() -> list[tuple[str, str]]:
     return [("flowkit", flowkit.__version__), ("python", platform.python_version()),
             ("torch", torch.__version__), ("opencv", cv2.__version__), ("numpy", np.__version__),
             ("h5py", f"{h5py.__version__} (HDF5 {h5py.version.hdf5_version})"),
-            ("joblib", joblib.__version__)]
+            ("joblib", joblib.__version__), *_model_libraries()]
+
+
+def _model_libraries() -> list[tuple[str, str]]:
+    """Optional model libraries (README "Models"): version, or the extra that installs them."""
+    from importlib import metadata
+
+    from flowkit.models.extras import EXTRAS
+
+    rows = []
+    for module, dist in (("torchvision", "torchvision"), ("open_clip", "open_clip_torch"), ("timm", "timm"),
+                         ("transformers", "transformers")):
+        try:
+            rows.append((module, metadata.version(dist)))
+        except metadata.PackageNotFoundError:
+            rows.append((module, f"missing (pip install 'flowkit[{EXTRAS[module]}]')"))
+    return rows
 
 
 def _threads(threads: int | None, jobs: int) -> list[tuple[str, str]]:

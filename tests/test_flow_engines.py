@@ -20,7 +20,8 @@ from flowkit.flow import (
     resolve_device,
 )
 
-CPU_ENGINES = [n for n in list_engines() if n != "tvl1-cuda-opencv"]
+# raft needs local weights and 128 px frames: tests/test_raft.py covers it.
+CPU_ENGINES = [n for n in list_engines() if n not in ("tvl1-cuda-opencv", "raft")]
 
 
 def _make(name: str):

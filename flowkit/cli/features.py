@@ -25,13 +25,19 @@ from flowkit.cli.common import (
 @click.command("features")
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @batch_options
-@click.option("-m", "--model", default=None, help="c3d (fc6, 4096-d) or i3d (1024-d).  [default: c3d]")
+@click.option(
+    "-m",
+    "--model",
+    default=None,
+    help="c3d (fc6, 4096-d), i3d (1024-d), or another model of README's table (clip-vit-b16, "
+    "resnet50, r2plus1d_18, ...).  [default: c3d]",
+)
 @click.option(
     "--weights",
-    type=click.Path(exists=True, dir_okay=False),
+    type=click.Path(exists=True),
     default=None,
     help="Local checkpoint (DavideA c3d.pickle; piergiaj rgb/flow_imagenet.pt; video_features "
-    "model_rgb/flow.pth). Nothing is downloaded.",
+    "model_rgb/flow.pth; README's table; a save_pretrained folder for videomae). Nothing is downloaded.",
 )
 @click.option(
     "--flow-weights",
@@ -96,7 +102,18 @@ from flowkit.cli.common import (
     type=click.Choice(FLOW_ALGORITHMS),
     default=None,
     help="Engine computing the I3D flow stream (extract-flow's --algorithm names; auto: the faster TV-L1 "
-    "here). Only when flow is computed (--stream flow|both without --flow-dir).  [default: auto]",
+    "here; raft: video_features' choice). Only when flow is computed (--stream flow|both without "
+    "--flow-dir).  [default: auto]",
+)
+@click.option(
+    "--raft-weights",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="With --flow-algorithm raft: local torchvision RAFT weights (raft_large_C_T_SKHT_V2-ff5fadd5.pth).",
+)
+@click.option("--raft-model", type=click.Choice(["large", "small"]), default=None, help="[default: large]")
+@click.option(
+    "--raft-iterations", type=click.IntRange(min=1), default=None, help="[default: 20, as video_features]"
 )
 @click.option(
     "--flow-dir",
@@ -129,9 +146,31 @@ from flowkit.cli.common import (
 @click.option("--shard-name", default=None, help="Shard file prefix.  [default: the model name]")
 @click.option(
     "--slowfast-layout",
+    "--slowfast",
+    "slowfast_layout",
     type=click.IntRange(min=1),
     default=None,
-    help="Also store the spatial map (I3D Mixed_5c 7x7, C3D pool5) of every K-th window.",
+    help="Also store the spatial map of every K-th window (I3D Mixed_5c, C3D pool5) or, for frame "
+    "encoders, of every K-th sampled frame (the first is slow), the others pooled: the slow-fast layout.",
+)
+@click.option(
+    "--sampler",
+    type=click.Choice(["fps", "uniform", "all"]),
+    default=None,
+    help="Frame encoders: which frames to encode.  [default: fps with --fps, else all]",
+)
+@click.option(
+    "--max-frames",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Frame encoders: at most this many frames, spread over the video (uniform: exactly this many).",
+)
+@click.option(
+    "--crops",
+    type=click.Choice(["1", "3", "10"]),
+    default=None,
+    help="Test-time crops: centre; 3 along the long side; 10 = 4 corners + centre, then flipped "
+    "(stored as an extra axis [N, crops, D]).  [default: 1]",
 )
 @click.option(
     "--batch-size", type=click.IntRange(min=1), default=None, help="Clips per forward pass.  [default: 8]"
@@ -178,6 +217,8 @@ def features(
 
     setup_logging(quiet)
     engine_device, devices = parse_devices(device or "auto")
+    if options.get("crops") is not None:
+        options["crops"] = int(options["crops"])
     decode = pop_decode_options(options, devices[0] if devices else engine_device)
     cfg = FeaturesConfig(**drop_unset(format=fmt, **options), device=engine_device, decode=decode)
     if cfg.random_weights:

@@ -77,6 +77,13 @@ def tvl1_params(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def raft_params(values: dict[str, Any]) -> dict[str, Any]:
+    """RAFT engine parameters from --raft-weights/--raft-model/--raft-iterations (popped from values)."""
+    names = {"raft_weights": "weights", "raft_model": "model", "raft_iterations": "iterations"}
+    params = {key: values.pop(opt, None) for opt, key in names.items()}
+    return {k: (str(v) if k == "weights" else v) for k, v in params.items() if v is not None}
+
+
 def parse_devices(text: str) -> tuple[str, tuple[str, ...]]:
     """'cuda:0,cuda:1' -> one worker per device; a single device is just the engine's device."""
     from flowkit.flow import resolve_device
@@ -93,7 +100,8 @@ def parse_devices(text: str) -> tuple[str, tuple[str, ...]]:
 @click.option("-a", "--algorithm", type=click.Choice(FLOW_ALGORITHMS), default=None,
               help="Flow engine: tvl1 (flowkit's batched PyTorch TV-L1), tvl1-opencv (OpenCV's CPU TV-L1), "
                    "farneback, dis, tvl1-cuda-opencv (OpenCV's CUDA TV-L1, denseflow's; only with an OpenCV "
-                   "built with CUDA); auto picks the faster TV-L1 for the device.  [default: auto]")
+                   "built with CUDA), raft (torchvision RAFT, needs --raft-weights); auto picks the faster "
+                   "TV-L1 for the device.  [default: auto]")
 @click.option("--device", default="auto", show_default=True,
               help="auto, cpu, cuda, cuda:1, or a list 'cuda:0,cuda:1' (one worker per device).")
 @click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -117,6 +125,13 @@ def parse_devices(text: str) -> tuple[str, tuple[str, ...]]:
               help="JPEG encoder: opencv (libjpeg-turbo), torchvision (nvJPEG on CUDA); auto = torchvision "
                    "on a CUDA device, else opencv. Recorded in the job.  [default: auto]")
 @decode_options
+@click.option("--raft-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="RAFT: local torchvision raft_large/raft_small weights "
+                   "(e.g. raft_large_C_T_SKHT_V2-ff5fadd5.pth).")
+@click.option("--raft-model", type=click.Choice(["large", "small"]), default=None,
+              help="RAFT: [default: large]")
+@click.option("--raft-iterations", type=click.IntRange(min=1), default=None,
+              help="RAFT: refinement iterations.  [default: 20, as video_features]")
 @handle_errors
 def extract_flow(input_path: Path, out_dir: Path, jobs: int, backend: str, scheduler: str | None,
                  shard: str | None, overwrite: bool, retry_failed: bool, quiet: bool, device: str,
@@ -139,7 +154,7 @@ def extract_flow(input_path: Path, out_dir: Path, jobs: int, backend: str, sched
 
     setup_logging(quiet)
     engine_device, devices = parse_devices(device)
-    engine_params = tvl1_params(options)
+    engine_params = {**tvl1_params(options), **raft_params(options)}
     decode = pop_decode_options(options, devices[0] if devices else engine_device)
     cfg = FlowConfig(**drop_unset(format=fmt, **options), **make_resize_kwargs(short_side, size),
                      engine_params=engine_params, device=engine_device, decode=decode)

@@ -2,13 +2,15 @@
 
 An engine maps B equal-size pairs of uint8 gray frames (B, H, W) to float32 flow (B, 2, H, W):
 channel 0 = x (right), channel 1 = y (down), the motion from `prev` to `nxt`.
-Built-in engines: "tvl1" (batched PyTorch, CPU/CUDA), "tvl1-opencv", "farneback", "dis" and, when
-OpenCV has CUDA, "tvl1-cuda-opencv".
+Built-in engines: "tvl1" (batched PyTorch, CPU/CUDA), "tvl1-opencv", "farneback", "dis", when
+OpenCV has CUDA "tvl1-cuda-opencv", and with torchvision installed "raft" (flowkit.flow.raft), which
+reads colour: engines with ``color = True`` take BGR uint8 (B, H, W, 3) frames instead of gray.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -32,6 +34,8 @@ class FlowEngine(Protocol):
 _REGISTRY: dict[str, tuple[Callable[..., FlowEngine], tuple[str, ...]]] = {}
 _HIDDEN: set[str] = set()
 _BUILTIN_MODULES = ("flowkit.flow.tvl1", "flowkit.flow.opencv", "flowkit.flow.null")
+# Engines whose library is an optional extra: module -> the library it needs.
+_OPTIONAL_MODULES = {"flowkit.flow.raft": "torchvision"}
 
 
 def register_engine(
@@ -56,6 +60,9 @@ def _load_builtin() -> None:
     # Imported lazily: the engine modules import this package for register_engine.
     for module in _BUILTIN_MODULES:
         importlib.import_module(module)
+    for module, library in _OPTIONAL_MODULES.items():
+        if importlib.util.find_spec(library) is not None:
+            importlib.import_module(module)
 
 
 def list_engines(include_hidden: bool = False) -> list[str]:

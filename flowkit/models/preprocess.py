@@ -121,11 +121,13 @@ def preprocess_c3d(
     return torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)))
 
 
-def _resize_crop(images: np.ndarray, short_side: int | None, crop: int,
+def _resize_crop(images: np.ndarray, short_side: int | None, crop: int | None,
                  rounding: str) -> np.ndarray:
-    """Resize (T, H, W, C) to the short side (None keeps the size), then centre crop."""
+    """Resize (T, H, W, C) to the short side (None keeps the size), then centre crop (None: no crop)."""
     if short_side is not None:
         images = _resize_all(images, *resize_short_side(*images.shape[1:3], short_side))
+    if crop is None:  # the caller cuts several crops (flowkit.models.crops)
+        return images
     top, left = center_crop_offsets(*images.shape[1:3], crop, rounding)
     return images[:, top:top + crop, left:left + crop]
 
@@ -134,7 +136,7 @@ def preprocess_i3d_rgb(
     frames: np.ndarray,
     *,
     short_side: int | None = 256,
-    crop: int = 224,
+    crop: int | None = 224,
     crop_rounding: str = "floor",
 ) -> torch.Tensor:
     """BGR uint8 (T, H, W, 3) -> I3D RGB input (3, T, 224, 224) in [-1, 1] (DeepMind recipe).
@@ -154,10 +156,14 @@ def preprocess_i3d_flow(
     *,
     bound: float = 20.0,
     short_side: int | None = 256,
-    crop: int = 224,
+    crop: int | None = 224,
     crop_rounding: str = "floor",
+    clip: bool = True,
 ) -> torch.Tensor:
     """Flow (T, 2, H, W) -> I3D flow input (2, T, 224, 224) in [-1, 1]; channel 0 is x.
+
+    ``clip=False`` takes float flow already scaled by ``bound`` as it is (video_features' quantised
+    flow reaches 256/127.5 - 1 = 1.0078).
 
     Float flow is in pixels: clipped to +-bound and divided by bound. uint8 flow holds the levels
     of :func:`flowkit.flow.quantize.quantize` (q -> dequantize(q, bound) / bound = q/127.5 - 1).
@@ -169,7 +175,8 @@ def preprocess_i3d_flow(
     if flow.dtype == np.uint8:
         unit = dequantize(flow, bound) / np.float32(bound)
     elif np.issubdtype(flow.dtype, np.floating):
-        unit = np.clip(flow.astype(np.float32), -bound, bound) / np.float32(bound)
+        unit = flow.astype(np.float32)
+        unit = (np.clip(unit, -bound, bound) if clip else unit) / np.float32(bound)
     else:
         raise ValueError(f"flow must be float (pixels) or uint8 (levels), got {flow.dtype}")
     clip = _resize_crop(unit.transpose(0, 2, 3, 1), short_side, crop, crop_rounding)

@@ -23,9 +23,12 @@ from flowkit.models import c3d, i3d
 
 __all__ = [
     "KNOWN_CHECKPOINTS",
+    "KNOWN_SHA256",
     "STREAM_CHANNELS",
     "CheckpointInfo",
+    "file_sha256",
     "git_blob_sha1",
+    "known_name",
     "load_checkpoint",
     "read_state_dict",
     "save_checkpoint",
@@ -42,6 +45,26 @@ KNOWN_CHECKPOINTS: dict[str, str] = {
     "e609545f2ae2d992ca715b819ed6b53b8f5c8b95": "piergiaj/flow_charades.pt",
     "2a7c22e23e6c74f50a0166ce61110bccd2ab48bb": "hassony2/model_rgb.pth",
     "5d552d2206f41089c428b0d9d8de3b1fccc85b5a": "hassony2/model_flow.pth",
+}
+# SHA-256 of library weight files, as their download URLs state it: torchvision names its files
+# <name>-<first 8 hex of sha256>.pth; OpenAI's CLIP URLs hold the whole digest.
+KNOWN_SHA256: dict[str, str] = {
+    "0676ba61": "torchvision/resnet50-0676ba61.pth (IMAGENET1K_V1)",
+    "11ad3fa6": "torchvision/resnet50-11ad3fa6.pth (IMAGENET1K_V2)",
+    "91a641e6": "torchvision/r2plus1d_18-91a641e6.pth",
+    "b3b3357e": "torchvision/r3d_18-b3b3357e.pth",
+    "a90a0ba3": "torchvision/mc3_18-a90a0ba3.pth",
+    "d76dad2f": "torchvision/s3d-d76dad2f.pth",
+    "ae3be167": "torchvision/mvit_v2_s-ae3be167.pth",
+    "7615ae03": "torchvision/swin3d_t-7615ae03.pth",
+    "ff5fadd5": "torchvision/raft_large_C_T_SKHT_V2-ff5fadd5.pth",
+    "22a6c225": "torchvision/raft_large_C_T_V1-22a6c225.pth",
+    "0b8c9e55": "torchvision/raft_large_C_T_SKHT_V1-0b8c9e55.pth (port of raft-sintel.pth)",
+    "ad48884c": "torchvision/raft_small_C_T_V1-ad48884c.pth",
+    "1bb1363a": "torchvision/raft_large_C_T_V2-1bb1363a.pth",
+    "01064c6d": "torchvision/raft_small_C_T_V2-01064c6d.pth",
+    "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f": "openai/ViT-B-16.pt",
+    "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836": "openai/ViT-L-14.pt",
 }
 STREAM_CHANNELS = {"rgb": 3, "flow": 2}
 _FORMAT_VERSION = 1
@@ -71,6 +94,23 @@ def git_blob_sha1(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 hex digest of a file."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def known_name(path: str | Path, sha1: str) -> str | None:
+    """Public name of a weight file: by git-blob SHA-1, else by the SHA-256 its URL records."""
+    if sha1 in KNOWN_CHECKPOINTS:
+        return KNOWN_CHECKPOINTS[sha1]
+    sha256 = file_sha256(path)
+    return KNOWN_SHA256.get(sha256) or KNOWN_SHA256.get(sha256[:8])
+
+
 def _short(exc: BaseException) -> str:
     """First line of an exception message, prefixed by its type."""
     text = str(exc).strip().splitlines()
@@ -82,6 +122,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(path, "file not found")
+    scripted = _torchscript_state(path)
+    if scripted is not None:
+        return scripted, False
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated/corrupt/foreign files
@@ -89,7 +132,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
                                     f"{_short(exc)}") from exc
     is_flowkit = isinstance(raw, Mapping) and "flowkit" in raw
     # Unwrap {"state_dict": ...} / {"model": ...} training wrappers.
-    for wrapper in ("state_dict", "model"):
+    for wrapper in ("state_dict", "model", "model_state"):  # model_state: PySlowFast .pyth
         if isinstance(raw, Mapping) and isinstance(raw.get(wrapper), Mapping):
             raw = raw[wrapper]
             break
@@ -100,8 +143,33 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
     return state, is_flowkit
 
 
+def _torchscript_state(path: Path) -> dict[str, torch.Tensor] | None:
+    """State dict of a TorchScript archive (OpenAI's CLIP ``ViT-B-16.pt``), else None."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("/constants.pkl") for name in archive.namelist()):
+                return None
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated, not gone
+            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+    except (zipfile.BadZipFile, OSError):  # not a zip: a pickle, or a damaged file for torch.load
+        return None
+    except Exception as exc:  # torch.jit raises RuntimeError and others on broken archives
+        raise CheckpointError(path, f"unreadable TorchScript archive: {_short(exc)}") from exc
+
+
 def _model_module(model: nn.Module):
-    """The model file (c3d or i3d module) that knows this model's key schemes."""
+    """The model file (c3d or i3d module) that knows this model's key schemes.
+
+    Models wrapping a library's network (frame encoders, torchvision video models) carry their own
+    ``key_scheme`` and ``checkpoint_filter_fn``.
+    """
+    if hasattr(model, "key_scheme") and hasattr(model, "checkpoint_filter_fn"):
+        return model
     for cls, module in _MODULES:
         if isinstance(model, cls):
             return module
@@ -192,6 +260,8 @@ def load_checkpoint(
     ``drop_head=True`` (or a checkpoint without one) the classifier is removed: features only.
     """
     path = Path(path)
+    if path.is_dir():
+        return _load_folder(model, path, drop_head)
     state, is_flowkit = read_state_dict(path)
     sha1 = git_blob_sha1(path)
     mapped, scheme = _remap(state, model, is_flowkit, path)
@@ -203,12 +273,23 @@ def load_checkpoint(
         model.load_state_dict(mapped, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(path, f"load failed: {_short(exc)}") from exc
-    info = CheckpointInfo(str(path), sha1, KNOWN_CHECKPOINTS.get(sha1), scheme, ckpt_stream,
+    info = CheckpointInfo(str(path), sha1, known_name(path, sha1), scheme, ckpt_stream,
                           num_classes, tuple(notes))
     logger.info("loaded %s (%s keys, sha1 %s%s)%s", path, scheme, sha1[:12],
                 f", {info.known_name}" if info.known_name else "",
                 "".join(f"; {n}" for n in notes))
     return info
+
+
+def _load_folder(model: nn.Module, folder: Path, drop_head: bool) -> CheckpointInfo:
+    """A checkpoint folder (transformers ``save_pretrained``) for models that load one (VideoMAE)."""
+    if not hasattr(model, "load_folder"):
+        raise CheckpointError(folder, f"is a folder; {type(model).__name__} loads a checkpoint file")
+    weights, notes = model.load_folder(folder, drop_head=drop_head)
+    sha1 = git_blob_sha1(weights)
+    logger.info("loaded %s (transformers folder, %s sha1 %s)", folder, weights.name, sha1[:12])
+    return CheckpointInfo(str(folder), sha1, known_name(weights, sha1), "transformers", "rgb",
+                          model.num_classes or None, tuple(notes))
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, model_name: str) -> None:

@@ -49,7 +49,9 @@ class Extractor:
         from flowkit.models import create_model
         from flowkit.models.weights import load_checkpoint
 
-        model = create_model(name, stream=stream, **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # library models initialise themselves: make --random-weights repeatable
+            model = create_model(name, stream=stream, **kwargs)
         sha1 = known = None
         if weights is None:
             random_init(model, seed=0)
@@ -79,6 +81,21 @@ class Extractor:
         with self._autocast():
             out = self.streams[stream].model.extract_map(batch)
         return out.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def vectors_and_maps(
+        self, stream: str, images: torch.Tensor, layer: str, wants_map: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Frame encoders: (B, D) vectors of `layer` and (B, C, h, w) maps from one forward pass."""
+        batch = images.to(self.device, non_blocking=True)
+        model = self.streams[stream].model
+        with self._autocast():
+            if wants_map:
+                vectors, maps = model.extract_with_map(batch, layer)
+            else:
+                vectors, maps = model.extract(batch, layer), None
+        out_maps = None if maps is None else maps.float().cpu().numpy()
+        return vectors.float().cpu().numpy(), out_maps
 
 
 def random_init(model: torch.nn.Module, seed: int = 0) -> None:

@@ -71,6 +71,12 @@ class FeaturesConfig:
     videos_per_shard: int = 100
     shard_name: str | None = None
     slowfast_layout: int | None = None
+    sampler: str | None = None
+    max_frames: int | None = None
+    crops: int = 1
+    raft_weights: str | None = None
+    raft_model: str = "large"
+    raft_iterations: int = 20
     batch_size: int = 8
     device: str = "auto"
     amp: str = "none"
@@ -110,6 +116,13 @@ class FeaturesConfig:
         self._check_windows(spec)
         self._check_weights()
         self._check_applicable(spec)
+        from flowkit.pipelines.frame_features import check_frame_options
+        from flowkit.pipelines.model_options import check_crops, flow_engine_params
+
+        check_frame_options(self, spec)
+        check_crops(self, spec)
+        if "flow" in self.streams and not self.flow_dir:
+            flow_engine_params(self)  # --flow-algorithm raft without --raft-weights fails now
 
     def _check_windows(self, spec: Any) -> None:
         clip = self.clip_len or spec.clip_len
@@ -155,8 +168,10 @@ class FeaturesConfig:
                               "(--stream flow or both, without --flow-dir)")
         if computes_flow:
             from flowkit.pipelines.flow import FlowConfig
+            from flowkit.pipelines.model_options import flow_engine_params
 
-            FlowConfig(algorithm=self.flow_algorithm)  # unknown or unavailable engine: an error now
+            # An unknown or unavailable engine, or RAFT without weights: an error now, not per video.
+            FlowConfig(algorithm=self.flow_algorithm, engine_params=flow_engine_params(self))
 
     @property
     def streams(self) -> tuple[str, ...]:
@@ -231,8 +246,28 @@ class VideoFeatures:
         self.clip_len = cfg.clip_len or self.spec.clip_len
         self.stride = cfg.stride or self.clip_len
         self.geometry = _frame_geometry(self.spec, cfg.c3d_mode)
-        self.preprocess = {s: functools.partial(self.spec.preprocess[s], **self._overrides(s))
-                           for s in cfg.streams}
+        self.preprocess = {s: self._preprocessor(s) for s in cfg.streams}
+
+    def _preprocessor(self, stream: str) -> Any:
+        """The stream's preprocessing in this run: crops, video_features' RAFT flow transform, or the
+        model's function with this run's arguments."""
+        from flowkit.pipelines.model_options import cropped_preprocessor, flow_input
+
+        if self.cfg.crops > 1 or self.spec.native_decode:
+            return cropped_preprocessor(self.spec, stream, self.cfg)
+        fn = self._configured(stream)
+        if stream != "flow":
+            return fn
+
+        def flow_pre(flows: np.ndarray) -> Any:
+            values, kwargs = flow_input(flows, self.cfg)
+            return fn(values, **kwargs)
+
+        return flow_pre
+
+    def _configured(self, stream: str) -> functools.partial:
+        """The model's preprocessing function with this run's arguments (what the outputs record)."""
+        return functools.partial(self.spec.preprocess[stream], **self._overrides(stream))
 
     def _overrides(self, stream: str) -> dict[str, Any]:
         """Arguments this run gives a stream's preprocessing on top of the model's defaults."""
@@ -253,8 +288,10 @@ class VideoFeatures:
     def preprocessing(self) -> dict[str, Any]:
         """How frames and flow became model input: decode geometry, each stream's function and arguments."""
         record: dict[str, Any] = {"decode_resize": asdict(self.geometry)}
-        for stream, fn in self.preprocess.items():
-            record[stream] = describe_call(fn, self.cfg.mean_file)
+        for stream in self.preprocess:
+            record[stream] = describe_call(self._configured(stream), self.cfg.mean_file)
+        if self.cfg.crops > 1:
+            record["crops"] = self.cfg.crops
         return record
 
     def compute(self, item: VideoItem) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -325,9 +362,17 @@ class VideoFeatures:
 
     def _flow_fn(self) -> Any:
         from flowkit.pipelines.flow import FlowConfig, engine_for
+        from flowkit.pipelines.model_options import flow_engine_params
 
-        engine = engine_for(FlowConfig(algorithm=self.cfg.flow_algorithm), self.extractor.device)
-        return lambda prev, nxt: np.asarray(engine(prev, nxt), np.float32)
+        params = flow_engine_params(self.cfg)
+        engine = engine_for(FlowConfig(algorithm=self.cfg.flow_algorithm, engine_params=params),
+                            self.extractor.device)
+
+        def flow_fn(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+            return np.asarray(engine(prev, nxt), np.float32)
+
+        flow_fn.color = getattr(engine, "color", False)  # type: ignore[attr-defined]  # RAFT reads BGR
+        return flow_fn
 
     def _forward(self, batch: list[Window], outputs: dict[str, list[np.ndarray]]) -> None:
         if not batch:
@@ -338,6 +383,14 @@ class VideoFeatures:
             outputs.setdefault("map_windows", []).append(np.asarray([batch[k].number for k in picked]))
         for stream in self.cfg.streams:
             clips = [self.preprocess[stream](w.frames if stream == "rgb" else w.flows) for w in batch]
+            if self.cfg.crops > 1:  # (crops, C, T, H, W) per window: run crops as a batch, keep the axis
+                vectors = self.extractor.vectors(stream, [c for cl in clips for c in cl], self.layer)
+                outputs.setdefault(stream, []).append(vectors.reshape(len(clips), self.cfg.crops, -1))
+                if picked:
+                    maps = self.extractor.maps(stream, [c for k in picked for c in clips[k]])
+                    outputs.setdefault(f"map_{stream}", []).append(
+                        maps.reshape(len(picked), self.cfg.crops, *maps.shape[1:]))
+                continue
             outputs.setdefault(stream, []).append(self.extractor.vectors(stream, clips, self.layer))
             if picked:
                 maps = self.extractor.maps(stream, [clips[k] for k in picked])
@@ -348,13 +401,13 @@ class VideoFeatures:
         dtype = np.dtype(self.cfg.dtype)
         name = self.cfg.dataset_name
         dim = self.spec.layers[self.layer]
-        vectors = {s: _stack(outputs.get(s), dim) for s in self.cfg.streams}
+        vectors = {s: _stack(outputs.get(s), dim, self.cfg.crops) for s in self.cfg.streams}
         out: dict[str, np.ndarray] = {"frame_indices": plan.frame_ranges(), "timestamps": plan.time_ranges()}
         single = len(self.cfg.streams) == 1
         for stream, array in vectors.items():
             out[name if single else f"{name}_{stream}"] = array.astype(dtype)
         if self.cfg.combine == "concat":
-            out[name] = np.concatenate([vectors["rgb"], vectors["flow"]], axis=1).astype(dtype)
+            out[name] = np.concatenate([vectors["rgb"], vectors["flow"]], axis=-1).astype(dtype)
         elif self.cfg.combine == "sum":
             out[name] = (vectors["rgb"] + vectors["flow"]).astype(dtype)
         if self.cfg.slowfast_layout:
@@ -371,14 +424,22 @@ class VideoFeatures:
         for stream in self.cfg.streams:
             key = "spatial" if single else f"spatial_{stream}"
             maps = outputs.get(f"map_{stream}")
-            out[key] = (np.concatenate(maps) if maps else np.zeros((0, *shape), np.float32)).astype(dtype)
+            empty = (0, *shape) if self.cfg.crops == 1 else (0, self.cfg.crops, *shape)
+            out[key] = (np.concatenate(maps) if maps else np.zeros(empty, np.float32)).astype(dtype)
             out[f"{key}_window_indices"] = windows.astype(np.int64)
 
 
-def _stack(parts: list[np.ndarray] | None, dim: int) -> np.ndarray:
+def extractor_kind(cfg: FeaturesConfig) -> str:
+    """"frame" for image encoders (per-frame features), "clip" for window models."""
+    from flowkit.models import get_model_spec
+
+    return get_model_spec(cfg.model).kind
+
+
+def _stack(parts: list[np.ndarray] | None, dim: int, crops: int = 1) -> np.ndarray:
     if parts:
         return np.concatenate(parts).astype(np.float32)
-    return np.zeros((0, dim), np.float32)
+    return np.zeros((0, dim) if crops == 1 else (0, crops, dim), np.float32)
 
 
 def describe_call(fn: Any, mean_file: str | None = None) -> dict[str, Any]:
@@ -398,6 +459,8 @@ def describe_call(fn: Any, mean_file: str | None = None) -> dict[str, Any]:
 
 def _frame_geometry(spec: Any, c3d_mode: str = "caffe") -> Resize:
     """Resize every decoded frame once to the model's working size (its preprocessing then only crops)."""
+    if spec.native_decode:  # torchvision-style preprocessing resizes from the decoded frames itself
+        return Resize()
     if spec.model_cls.__name__ == "C3D":
         # davidea: DavideA's predict.py resizes straight to 112x200 (see C3D_DAVIDEA_PREDICT).
         height, width = (112, 200) if c3d_mode == "davidea" else (128, 171)
@@ -451,12 +514,18 @@ class FeaturesPipeline:
     def _features(self) -> VideoFeatures:
         cfg = self.cfg
         device = current_device(cfg.device)
-        model_kwargs = {"mode": cfg.c3d_mode} if cfg.model.startswith("c3d") else {"compat": cfg.i3d_compat}
+        from flowkit.pipelines.model_options import model_kwargs
+
+        kwargs = model_kwargs(cfg)
         weights = {s: cfg.weights_for(s) for s in cfg.streams}
         key = (json.dumps(cfg.output_config(), sort_keys=True, default=str), device)
         extractor = extractor_for(
-            key, lambda: Extractor(cfg.model, cfg.streams, weights, model_kwargs, device, cfg.amp)
+            key, lambda: Extractor(cfg.model, cfg.streams, weights, kwargs, device, cfg.amp)
         )
+        if extractor_kind(cfg) == "frame":
+            from flowkit.pipelines.frame_features import FrameFeatures
+
+            return FrameFeatures(cfg, extractor)  # type: ignore[return-value]
         return VideoFeatures(cfg, extractor)
 
     def _file_attrs(self, features: VideoFeatures) -> dict[str, Any]:

@@ -28,12 +28,13 @@ from flowkit.outputs.flowfiles import FLOW_FORMATS, H5Sink, ImagePairSink, NpySi
 from flowkit.outputs.lists import flow_job_list_kinds, read_class_map, write_job_lists
 from flowkit.outputs.rawframes import FolderWriter, count_files, get_layout
 from flowkit.pipelines.stages import prefetch
-from flowkit.video import Resize, VideoReader, to_gray
+from flowkit.video import Resize, VideoReader
 
 log = logging.getLogger("flowkit")
 
 ALGORITHMS = FLOW_ALGORITHMS
 BENCH_ALGORITHMS = ("null",)  # library/benchmarks only (zero flow): not offered by the CLI
+RAFT_PARAMS = ("weights", "model", "iterations", "keep_padding")
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,12 @@ class FlowConfig:
         if self.algorithm not in list_engines(include_hidden=True):
             raise ConfigError(f"--algorithm {self.algorithm} is not available here (available: "
                               f"{', '.join(list_engines())}; tvl1-cuda-opencv needs cv2 built with CUDA)")
-        if self.engine_params and not self.algorithm.startswith("tvl1"):
+        if self.algorithm == "raft":
+            unknown = set(self.engine_params) - set(RAFT_PARAMS)
+            if unknown or "weights" not in self.engine_params:
+                raise ConfigError("--algorithm raft needs --raft-weights PATH (local torchvision weights)"
+                                  + (f"; not RAFT options: {', '.join(sorted(unknown))}" if unknown else ""))
+        elif self.engine_params and not self.algorithm.startswith("tvl1"):
             raise ConfigError(f"TV-L1 options ({', '.join(sorted(self.engine_params))}) do not apply to "
                               f"--algorithm {self.algorithm}")
         if self.format not in FLOW_FORMATS:
@@ -94,6 +100,13 @@ class FlowConfig:
 
 
 _engines: dict[tuple[Any, ...], Any] = {}
+
+
+def engine_input(engine: Any, bgr: np.ndarray) -> np.ndarray:
+    """The frame as the engine reads it: BGR for colour engines (RAFT), gray for the others."""
+    from flowkit.flow.raft import engine_input as pick
+
+    return pick(engine, bgr)
 
 
 def engine_for(cfg: FlowConfig, device: str) -> Any:
@@ -226,7 +239,7 @@ def _stream(reader: VideoReader, engine: Any, batch: int, sink: Any, writer: Fol
         if cfg.rgb and (frame.index >= cfg.step or not layout.rgb_is_second_frame):
             writer.write_image(layout.rgb_name(rgb), frame.image, cfg.jpeg_quality)
             rgb += 1
-        window.append((to_gray(frame.image), frame.timestamp))
+        window.append((engine_input(engine, frame.image), frame.timestamp))
         if len(window) == cfg.step + 1:
             pending.append((window[0][0], window[-1][0], window[0][1], window[-1][1]))
         if len(pending) == batch:

@@ -73,6 +73,7 @@ class WindowAssembler:
         self.plan, self.need_rgb, self.flow_fn, self.flow_batch = plan, need_rgb, flow_fn, flow_batch
         self.flow_lookup = flow_lookup  # precomputed flows by decoded frame index, instead of flow_fn
         self.uses_flow = flow_fn is not None or flow_lookup is not None
+        self.flow_color = bool(getattr(flow_fn, "color", False))
         self.position = {int(d): p for p, d in enumerate(plan.kept)}
         self.frames: dict[int, np.ndarray] = {}
         self.grays: dict[int, np.ndarray] = {}
@@ -92,7 +93,8 @@ class WindowAssembler:
             self.frames[p] = frame.image
             if self.uses_flow:
                 if self.flow_fn is not None:
-                    self.grays[p] = to_gray(frame.image)
+                    # colour engines (RAFT) read the BGR frame itself
+                    self.grays[p] = frame.image if self.flow_color else to_gray(frame.image)
                 if p > 0 and p - 1 <= self.last_needed:
                     self.pending.append(p - 1)
                 if len(self.pending) >= self.flow_batch:
