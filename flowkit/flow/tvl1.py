@@ -183,14 +183,19 @@ class TVL1Engine:
 
     compile: "auto" (torch.compile when available, unless FLOWKIT_TVL1_COMPILE=0), True, or False
     (the eager oracle). The first compiled call of a process takes ~10-60 s on a 2-core CPU.
-    compact: drop finished pairs from the batch (host check per iteration); default on CPU only,
-    CUDA instead masks finished pairs on the device and checks the host every `sync_every` steps.
+    Pairs run through a continuous-batching scheduler (tvl1_sched): each pool of `slots` slots per
+    level size is refilled as soon as a pair's warp ends. compact: the CPU pool kind (host check per
+    iteration, finished tasks leave at once); default on CPU only. Elsewhere slots are fixed and
+    masked on the device, with a host read every `sync_every` iterations; backend "fused" uses the
+    packed fused-kernel layout (Triton on CUDA), "torch" the torch kernels, "auto" picks.
+    The 'opencv-cuda' numerics (their own stopping schedule) keep the lockstep solver.
     """
 
     name = "tvl1"
 
     def __init__(self, device: str = "cpu", *, compile: bool | str = "auto",
-                 compact: bool | None = None, sync_every: int = 10, **params: Any) -> None:
+                 compact: bool | None = None, sync_every: int = 10, slots: int | None = None,
+                 backend: str = "auto", **params: Any) -> None:
         unknown = set(params) - {f.name for f in dataclasses.fields(TVL1Params)}
         if unknown:
             raise ConfigError(f"unknown tvl1 parameter(s): {', '.join(sorted(unknown))}")
@@ -201,12 +206,18 @@ class TVL1Engine:
         self.compile = compile
         self.compact = (device == "cpu") if compact is None else compact
         self.sync_every = max(1, int(sync_every))
+        self.slots = slots or (8 if device == "cpu" else 32)
+        if backend not in ("auto", "torch", "fused"):
+            raise ConfigError(f"tvl1 backend must be auto, torch or fused, got {backend!r}")
+        self.backend = backend
         self.last_stats: dict[str, Any] = {}
         self._kernels: Kernels | None = None
+        self._sched: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_kernels"] = None  # compiled callables do not pickle; rebuilt in the worker
+        state["_sched"] = None
         return state
 
     def __call__(self, prev: np.ndarray, nxt: np.ndarray,
@@ -246,13 +257,40 @@ class TVL1Engine:
                     raise
                 # A failing compiled path must not fail the run: the eager path is exact.
                 log.warning("tvl1: compiled kernels failed (%s); falling back to eager", exc)
-                self.compile, self._kernels = False, None
+                self.compile, self._kernels, self._sched = False, None, None
                 return self._solve(i0, i1, initial_flow, None)
 
     def _solve(self, i0, i1, init, kernels):
         solver = _Solver(self.params.effective(), kernels, i0.device, self.compact,
                          self.sync_every, self.last_stats)
-        return solver.run(i0, i1, init)
+        if solver.cuda_numerics:
+            return solver.run(i0, i1, init)
+        sched = self.scheduler(kernels)
+        before = sched.counters.as_dict()
+        ticket = self._submit(solver, sched, i0, i1, init)
+        sched.run_until(ticket)
+        flow, stats = sched.pop(ticket)
+        after = sched.counters.as_dict()
+        self.last_stats.clear()
+        self.last_stats.update(stats, counters={k: after[k] - before[k] for k in after})
+        self.last_stats["batch_iterations"] = self.last_stats["counters"]["slot_iterations"]
+        return flow
+
+    @staticmethod
+    def _submit(solver: _Solver, sched: Any, i0: torch.Tensor, i1: torch.Tensor,
+                init: torch.Tensor | None) -> int:
+        pyr = solver.pyramid(torch.cat([i0, i1]))
+        bsz = i0.shape[0]
+        u0 = solver._initial(init, pyr, bsz)
+        return sched.submit([lv[:bsz] for lv in pyr], [lv[bsz:] for lv in pyr], u0)
+
+    def scheduler(self, kernels: Kernels | None = None) -> Any:
+        """The engine's continuous-batching scheduler (built on first use, kept across calls)."""
+        if self._sched is None:
+            from flowkit.flow import tvl1_sched
+
+            self._sched = tvl1_sched.build(self, kernels or eager_kernels(self.device))
+        return self._sched
 
     def _get_kernels(self) -> Kernels | None:
         if self._kernels is None and self._want_compile():
