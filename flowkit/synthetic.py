@@ -83,7 +83,8 @@ def camera_frames(n: int, height: int, width: int, cut_at: int | None = None,
                   seed: int = 0) -> Iterator[np.ndarray]:
     """Real-like BGR frames: a textured scene filmed by a panning, zooming, slightly rotating camera,
     with a foreground block moving against it; at frame `cut_at` a scene cut to a new scene."""
-    scenes = [texture(2 * height, 2 * width, seed + s) for s in (0, 1)]
+    scenes = [cv2.resize(texture(height, width, seed + s), (2 * width, 2 * height),
+                         interpolation=cv2.INTER_CUBIC) for s in (0, 1)]
     rng = np.random.default_rng(seed)
     pan = rng.uniform(1.0, 2.5, 2) * rng.choice([-1, 1], 2)
     block = texture(height // 3, width // 4, seed + 7)

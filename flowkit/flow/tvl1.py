@@ -213,11 +213,12 @@ class TVL1Engine:
         self.last_stats: dict[str, Any] = {}
         self._kernels: Kernels | None = None
         self._sched: Any = None
+        self._streamed: dict[int, bool] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_kernels"] = None  # compiled callables do not pickle; rebuilt in the worker
-        state["_sched"] = None
+        state["_sched"], state["_streamed"] = None, {}
         return state
 
     def __call__(self, prev: np.ndarray, nxt: np.ndarray,
@@ -241,6 +242,38 @@ class TVL1Engine:
         flow = self.compute_tensor(torch.from_numpy(a).to(dev), torch.from_numpy(b).to(dev), init)
         out = flow.cpu().numpy()
         return out[0] if single else out
+
+    def submit(self, prev: np.ndarray, nxt: np.ndarray) -> int:
+        """Streaming API: queue uint8 (B,H,W) pairs without waiting; returns a ticket for poll().
+
+        Pairs of all submitted calls share the scheduler's slot pools (continuous batching across
+        calls and videos); compute() is submit + wait for that ticket.
+        """
+        a, b, single = as_pair_batch(prev, nxt)
+        dev = torch.device(self.device)
+        i0, i1 = (_to_gray255(torch.from_numpy(x).to(dev)) for x in (a, b))
+        solver = _Solver(self.params.effective(), None, dev, self.compact, self.sync_every, {})
+        if solver.cuda_numerics:
+            raise ConfigError("tvl1: submit/poll needs the 'opencv' or 'opencv2.4' pyramid")
+        with torch.no_grad():
+            ticket = self._submit(solver, self.scheduler(self._get_kernels()), i0, i1, None)
+        self._streamed[ticket] = single
+        return ticket
+
+    def poll(self, wait: bool = True) -> list[tuple[int, np.ndarray]]:
+        """Finished submitted calls as (ticket, flow (B,2,H,W) float32), in ticket order; with
+        wait, works until at least one is finished (if any is pending)."""
+        sched = self._sched
+        if sched is None or not self._streamed:
+            return []
+        with torch.no_grad():
+            while wait and not any(sched.done(t) for t in self._streamed):
+                sched.round()
+        out = []
+        for ticket in sorted(t for t in self._streamed if sched.done(t)):
+            flow = sched.pop(ticket)[0].cpu().numpy()
+            out.append((ticket, flow[0] if self._streamed.pop(ticket) else flow))
+        return out
 
     def compute_tensor(self, prev: torch.Tensor, nxt: torch.Tensor,
                        initial_flow: torch.Tensor | None = None) -> torch.Tensor:

@@ -40,6 +40,7 @@ class _Pair:
     warp: int = 0
     iterations: int = 0
     fre: float = 0.0
+    tasks: list[int] = field(default_factory=list)  # iterations of each (level, warp), in order
 
 
 @dataclass
@@ -51,6 +52,7 @@ class _Call:
     flows: list[torch.Tensor | None] = field(default_factory=list)
     iterations: list[int] = field(default_factory=list)
     fre: list[float] = field(default_factory=list)
+    tasks: list[list[int]] = field(default_factory=list)
     left: int = 0
 
 
@@ -90,7 +92,8 @@ class Scheduler:
         self._next_ticket += 1
         bsz, nlev = u0.shape[0], len(levels0)
         grads = [torch.cat([lv, *ops.centered_gradient(lv)], dim=1) for lv in levels1]
-        self.calls[ticket] = _Call(bsz, nlev, [None] * bsz, [0] * bsz, [0.0] * bsz, bsz)
+        self.calls[ticket] = _Call(bsz, nlev, [None] * bsz, [0] * bsz, [0.0] * bsz,
+                                   [[] for _ in range(bsz)], bsz)
         for i in range(bsz):
             pair = _Pair(ticket, i, [lv[i : i + 1] for lv in levels0],
                          [g[i : i + 1] for g in grads], nlev - 1, u0[i : i + 1])
@@ -107,7 +110,7 @@ class Scheduler:
         """The flow (B, 2, H, W) of a finished call, and its per-pair statistics."""
         call = self.calls.pop(ticket)
         stats = {"levels": call.levels, "iterations": [float(n) for n in call.iterations],
-                 "fre_iterations": call.fre}
+                 "fre_iterations": call.fre, "task_iterations": call.tasks}
         return torch.cat(call.flows), stats
 
     def run_until(self, ticket: int | None = None) -> None:
@@ -149,10 +152,8 @@ class Scheduler:
             groups.setdefault(tuple(pair.u.shape[-2:]), []).append(pair)
         self.needs_warp = []
         for group in groups.values():
+            data = self._task_data(group)
             u = torch.cat([pr.u for pr in group])
-            src = torch.cat([pr.src[pr.level] for pr in group])
-            i0 = torch.cat([pr.i0[pr.level] for pr in group])
-            data = (self.warp_data or warp_data)(self.warp, src, u, i0)
             self.counters.warp_calls += 1
             self.counters.warped_pairs += len(group)
             pool = self._pool(tuple(u.shape[1:]), u.device)
@@ -160,12 +161,20 @@ class Scheduler:
                 p = pr.p if pr.p is not None else u.new_zeros(1, u.shape[1], 2, *u.shape[-2:])
                 pool.enqueue(pr, pr.u, p, data[i : i + 1])
 
+    def _task_data(self, group: list[_Pair]) -> torch.Tensor:
+        """The warp data (B,4,h,w) of pairs starting a warp at one level size (batched warp)."""
+        u = torch.cat([pr.u for pr in group])
+        src = torch.cat([pr.src[pr.level] for pr in group])
+        i0 = torch.cat([pr.i0[pr.level] for pr in group])
+        return (self.warp_data or warp_data)(self.warp, src, u, i0)
+
     def _advance(self, pair: _Pair, u: torch.Tensor, p: torch.Tensor, n: int) -> None:
         """A warp ended after n iterations: next warp, next level, or the pair is done."""
         call = self.calls[pair.ticket]
         h, w = u.shape[-2:]
         h0, w0 = pair.i0[0].shape[-2:]
         pair.iterations += n
+        pair.tasks.append(n)
         pair.fre += n * (h * w) / (h0 * w0)
         pair.warp += 1
         pair.u, pair.p = u, p
@@ -181,6 +190,7 @@ class Scheduler:
         call.flows[pair.index] = u[:, :2].contiguous()
         call.iterations[pair.index] = pair.iterations
         call.fre[pair.index] = pair.fre
+        call.tasks[pair.index] = pair.tasks
         call.left -= 1
 
 
@@ -221,14 +231,31 @@ def build(engine: Any, kernels: Any) -> Scheduler:
     step, median, warp = kernels
     consts = (_f32(p.lambda_ * p.theta), _f32(p.theta), _f32(p.tau / p.theta), _f32(p.gamma))
     spec = PoolSpec(p.inner_iterations, p.outer_iterations, p.median_filtering, consts, step, median)
-    mode, iterate = ("compact" if engine.compact else "masked"), None
+    mode, iterate, fused_warp = ("compact" if engine.compact else "masked"), None, None
     fusable = p.gamma == 0 and not engine.compact
     if fusable and engine.backend != "torch":
         iterate = fused_iterate(engine.device)
         if iterate is None and engine.backend == "fused":
             iterate = functools.partial(reference_iterations, median_fn=median)
         mode = "fused" if iterate is not None else mode
+        fused_warp = fused_warp_data(engine.device) if p.pyramid == "opencv" else None
     upsample = _Solver(p, kernels, torch.device(engine.device), engine.compact, engine.sync_every,
                        {})._upsample
     return Scheduler(spec, warps=p.warps, epsilon=p.epsilon, warp=warp, upsample=upsample,
-                     mode=mode, slots=engine.slots, k=engine.sync_every, iterate=iterate)
+                     mode=mode, slots=engine.slots, k=engine.sync_every, iterate=iterate,
+                     warp_data=fused_warp)
+
+
+def fused_warp_data(device: torch.device | str) -> Callable | None:
+    """tvl1_triton.tvl1_warp_data as a scheduler warp_data hook, on CUDA only."""
+    if torch.device(device).type != "cuda":
+        return None
+    try:
+        from flowkit.flow import tvl1_triton
+    except Exception:
+        return None
+    fn = getattr(tvl1_triton, "tvl1_warp_data", None)
+    if fn is None:
+        return None
+    return lambda _warp, src, u, i0: fn(src.contiguous(), u[:, :2].contiguous(),
+                                        i0[:, 0].contiguous())
