@@ -14,6 +14,7 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -119,6 +120,41 @@ def _unbacked_batch(*tensors: torch.Tensor) -> None:
     # otherwise dynamo specialises B == 1 and recompiles when compaction shrinks the batch.
     for t in tensors:
         torch._dynamo.decorators.mark_unbacked(t, 0)
+
+
+def compile_cache_dir() -> Path:
+    """Where flowkit keeps compiled kernels: $FLOWKIT_CACHE_DIR, else $XDG_CACHE_HOME/flowkit or
+    ~/.cache/flowkit; inductor's cache is its 'inductor' folder (shared by workers and runs)."""
+    root = os.environ.get("FLOWKIT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "flowkit")
+    return Path(root) / "inductor"
+
+
+def use_compile_cache() -> bool:
+    """Point inductor's on-disk cache at flowkit's folder before the first compile (an explicit
+    TORCHINDUCTOR_CACHE_DIR wins). Returns whether tvl1's kernels were compiled there before.
+
+    Inductor writes every cache entry to a per-process temporary file and renames it into place
+    (torch._inductor.codecache.write_atomic), so concurrent workers can share the folder.
+    """
+    folder = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir())))
+    return (folder / _marker_name()).exists()
+
+
+def _marker_name() -> str:
+    return f"flowkit-tvl1-{torch.__version__}.done"
+
+
+def _mark_compiled() -> None:
+    """Record (atomically) that this cache holds tvl1's kernels, so later runs say no more."""
+    folder = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{_marker_name()}.{os.getpid()}"
+        tmp.write_text("compiled\n")
+        tmp.replace(folder / _marker_name())
+    except OSError:  # a read-only cache is not an error
+        pass
 
 
 def _compiled_step() -> ops.StepFn:
@@ -284,7 +320,10 @@ class TVL1Engine:
         kernels = self._get_kernels()
         with torch.no_grad():
             try:
-                return self._solve(i0, i1, initial_flow, kernels)
+                flow = self._solve(i0, i1, initial_flow, kernels)
+                if kernels is not None and self.__dict__.pop("_first_compile", False):
+                    _mark_compiled()
+                return flow
             except Exception as exc:
                 if kernels is None:
                     raise
@@ -327,9 +366,12 @@ class TVL1Engine:
 
     def _get_kernels(self) -> Kernels | None:
         if self._kernels is None and self._want_compile():
-            log.info("tvl1: compiling the kernels for %s on first use (seconds; "
-                     "FLOWKIT_TVL1_COMPILE=0 skips this and runs eager, about 2x slower)",
-                     self.device)
+            if not use_compile_cache():
+                log.warning("tvl1: compiling the kernels for %s for the first time (about 20-60 s "
+                            "once; cached in %s for every later run and worker; "
+                            "FLOWKIT_TVL1_COMPILE=0 runs eager instead, about 2x slower)",
+                            self.device, os.environ["TORCHINDUCTOR_CACHE_DIR"])
+                self._first_compile = True
             try:
                 self._kernels = fast_kernels(self.device)
             except Exception as exc:  # torch.compile missing or broken: the eager path is exact
