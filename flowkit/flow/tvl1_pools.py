@@ -113,18 +113,24 @@ class CompactPool(_PoolBase):
         reuse, fill_rest = fill[: len(free)], fill[len(free):]
         for row, (owner, u, p, data) in zip(free, reuse, strict=False):
             self.slots[row] = Slot(owner)
-            self.u[row], self.p[row], self.data[row] = u[0], p[0], data[0]
+            self.u[row], self.p[row] = u[0], p[0]
+            for field, d in zip(self.data, data[0], strict=True):
+                field[row] = d
         keep = [r for r in range(len(self.slots)) if r not in set(free[len(reuse):])]
         if len(keep) < len(self.slots):
             idx = torch.tensor(keep, dtype=torch.long, device=self.u.device)
             self.slots = [self.slots[r] for r in keep]
-            self.u, self.p, self.data = (t.index_select(0, idx) for t in (self.u, self.p, self.data))
+            self.u, self.p = self.u.index_select(0, idx), self.p.index_select(0, idx)
+            self.data = [t.index_select(0, idx) for t in self.data]
         if fill_rest:
             owners, us, ps, ds = zip(*fill_rest, strict=True)
             self.slots += [Slot(o) for o in owners]
-            parts = [(self.u, us), (self.p, ps), (self.data, ds)]
-            self.u, self.p, self.data = (torch.cat(([t] if t is not None and len(t) else [])
-                                                   + list(new)) for t, new in parts)
+            old = self.u is not None and len(self.u) > 0
+            self.u = torch.cat(([self.u] if old else []) + list(us))
+            self.p = torch.cat(([self.p] if old else []) + list(ps))
+            new = torch.cat(ds)  # (n, 4, h, w) -> four dense (rows, h, w) fields
+            self.data = [torch.cat(([self.data[i]] if old else []) + [new[:, i].contiguous()])
+                         for i in range(4)]
 
     def run(self, k: int) -> list[tuple[Any, torch.Tensor, torch.Tensor, int]]:
         self._refill(self._free)
@@ -136,8 +142,7 @@ class CompactPool(_PoolBase):
         while True:
             if spec.median_k > 1:
                 self._median_rows([r for r, s in enumerate(self.slots) if s.n % spec.inner == 0])
-            self.u, self.p, err = spec.step(self.u, self.p, d[:, 0], d[:, 1], d[:, 2], d[:, 3],
-                                            spec.consts)
+            self.u, self.p, err = spec.step(self.u, self.p, *d, spec.consts)
             rows = len(self.slots)
             c.slot_iterations += rows
             c.active_iterations += rows
@@ -182,7 +187,7 @@ class MaskedPool(_PoolBase):
         self.slots: list[Slot | None] = [None] * capacity
         self.u = torch.zeros(capacity, ch, h, w, device=device)
         self.p = torch.zeros(capacity, ch, 2, h, w, device=device)
-        self.data = torch.zeros(capacity, 4, h, w, device=device)
+        self.data = [torch.zeros(capacity, h, w, device=device) for _ in range(4)]
         self.n = torch.zeros(capacity, dtype=torch.int32, device=device)
         self.active = torch.zeros(capacity, dtype=torch.bool, device=device)
 
@@ -194,7 +199,9 @@ class MaskedPool(_PoolBase):
             if slot is None and self.queue:
                 owner, u, p, data = self.queue.pop(0)
                 self.slots[b] = Slot(owner)
-                self.u[b], self.p[b], self.data[b] = u[0], p[0], data[0]
+                self.u[b], self.p[b] = u[0], p[0]
+                for field, d in zip(self.data, data[0], strict=True):
+                    field[b] = d
                 self.n[b] = 0
                 self.active[b] = True
 
@@ -209,8 +216,7 @@ class MaskedPool(_PoolBase):
         for j in range(k):
             if spec.median_k > 1:
                 self._median(start, j)
-            un, pn, err = spec.step(self.u, self.p, d[:, 0], d[:, 1], d[:, 2], d[:, 3],
-                                    spec.consts)
+            un, pn, err = spec.step(self.u, self.p, *d, spec.consts)
             m4, m5 = self.active.view(-1, 1, 1, 1), self.active.view(-1, 1, 1, 1, 1)
             self.u, self.p = torch.where(m4, un, self.u), torch.where(m5, pn, self.p)
             self.n += self.active.to(torch.int32)
