@@ -145,3 +145,20 @@ def test_gpu_model_replay_reproduces_the_real_schedule(runs) -> None:
     assert sched.counters.as_dict() == real
     assert sum(a for _, a in sched.launches) == real["active_iterations"]
     assert gm.lockstep_slot_iterations(tasks, 5) >= real["active_iterations"]
+
+
+def test_fused_triton_kernels_in_the_scheduler_match_single_runs(monkeypatch) -> None:
+    """With flowkit.flow.tvl1_triton present, its kernels (Triton interpreter on CPU) run the fused
+    pools and give the single-pair results of the CPU engine."""
+    triton_mod = pytest.importorskip("flowkit.flow.tvl1_triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    prev, nxt, _ = pair_batch(3, 32, 40, seed=22, noise=2.0)
+    loop = dict(LOOP, nscales=2)
+    engine = TVL1Engine("cpu", compile=False, compact=False, slots=2, sync_every=5,
+                        backend="fused", **loop)
+    flow = engine(prev, nxt)
+    assert engine._sched.iterate is triton_mod.tvl1_iterations
+    for i in range(3):
+        single = TVL1Engine("cpu", compile=False, slots=1, **loop)
+        np.testing.assert_allclose(flow[i], single(prev[i], nxt[i]), atol=1e-5, rtol=0)
+        assert engine.last_stats["iterations"][i] == single.last_stats["iterations"][0]
