@@ -402,7 +402,8 @@ def _to_gray255(x: torch.Tensor) -> torch.Tensor:
 
 
 class _Solver:
-    """One call of the coarse-to-fine solver on a batch; records iteration counts in `stats`."""
+    """Pyramid, initial flow and upsampling for the scheduler; the lockstep solver of the
+    opencv-cuda numerics (their odd-iteration stopping schedule). Records counts in `stats`."""
 
     def __init__(self, params: TVL1Params, kernels: Kernels | None, device: torch.device,
                  compact: bool, sync_every: int, stats: dict[str, Any]) -> None:
@@ -488,7 +489,6 @@ class _Solver:
         src = torch.cat([i1, i1x, i1y], dim=1)
         bsz, _, h, w = i1.shape
         p = torch.zeros(bsz, self.channels, 2, h, w, dtype=torch.float32, device=i1.device)
-        eps = _f32(self.p.epsilon ** 2 * w * h)
         for _ in range(self.p.warps):
             warped = self.warp(src, u[:, :2].contiguous())
             i1w, i1wx, i1wy = warped[:, 0], warped[:, 1], warped[:, 2]
@@ -498,74 +498,15 @@ class _Solver:
             # would make dynamo recompile the kernels for single pairs.
             dense = torch.contiguous_format
             data = (i1wx.clone(memory_format=dense), i1wy.clone(memory_format=dense), grad, rho_c)
-            if self.cuda_numerics:
-                u, p = self._iterate_cuda_schedule(u, p, data, self.p.epsilon ** 2 * w * h)
-            else:
-                run = self._iterate_compact if self.compact else self._iterate_masked
-                u, p = run(u, p, data, eps)
+            # The CPU class's numerics run in the scheduler (tvl1_sched); this lockstep solver
+            # serves the CUDA class's stopping schedule only.
+            u, p = self._iterate_cuda_schedule(u, p, data, self.p.epsilon ** 2 * w * h)
         return u
 
     def _median(self, u: torch.Tensor) -> torch.Tensor:
         k = self.p.median_filtering
         flow = self.median(u[:, :2].contiguous(), k)
         return flow if u.shape[1] == 2 else torch.cat([flow, u[:, 2:]], dim=1)
-
-    def _iterate_compact(self, u, p, data, eps):
-        """One warp's iterations; finished pairs leave the working set (host check each step).
-
-        u and p are owned by the solver, so finished pairs are written back into them in place.
-        """
-        idx = torch.arange(u.shape[0], device=u.device)
-        wu, wp, wdata = u, p, data
-        n = 0
-        for _ in range(self.p.outer_iterations):
-            if self.p.median_filtering > 1:
-                wu = self._median(wu)
-            for _ in range(self.p.inner_iterations):
-                wu, wp, err = self.step(wu, wp, *wdata, self.consts)
-                n += 1
-                keep = err > eps
-                if bool(keep.all()):
-                    continue
-                self._store(u, p, idx, wu, wp, ~keep, n)
-                idx, wu, wp = idx[keep], wu[keep], wp[keep]
-                if idx.numel() == 0:
-                    self.stats["batch_iterations"] += n
-                    return u, p
-                wdata = tuple(d[keep] for d in wdata)
-        self._store(u, p, idx, wu, wp, None, n)
-        self.stats["batch_iterations"] += n
-        return u, p
-
-    def _store(self, u, p, idx, wu, wp, done, n) -> None:
-        """Write the working-set pairs selected by `done` (all if None) back; count n iterations."""
-        if done is not None:
-            idx, wu, wp = idx[done], wu[done], wp[done]
-        u[idx], p[idx] = wu, wp
-        self.stats["iterations"][idx.cpu()] += n
-
-    def _iterate_masked(self, u, p, data, eps):
-        """One warp's iterations in lockstep; finished pairs are frozen on the device."""
-        active = torch.ones(u.shape[0], dtype=torch.bool, device=u.device)
-        count = torch.zeros(u.shape[0], dtype=torch.float64, device=u.device)
-        n = 0
-        for _ in range(self.p.outer_iterations):
-            if self.p.median_filtering > 1:
-                u = torch.where(active.view(-1, 1, 1, 1), self._median(u), u)
-            for _ in range(self.p.inner_iterations):
-                un, pn, err = self.step(u, p, *data, self.consts)
-                u = torch.where(active.view(-1, 1, 1, 1), un, u)
-                p = torch.where(active.view(-1, 1, 1, 1, 1), pn, p)
-                count += active
-                active = active & (err > eps)
-                n += 1
-                if n % self.sync_every == 0 and not bool(active.any()):
-                    break
-            if not bool(active.any()):
-                break
-        self.stats["iterations"] += count.cpu()
-        self.stats["batch_iterations"] += n
-        return u, p
 
     def _iterate_cuda_schedule(self, u, p, data, eps):
         """One warp of the CUDA class: a single loop, the error measured only on its schedule.
