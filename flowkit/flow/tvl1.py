@@ -305,6 +305,7 @@ class TVL1Engine:
         with torch.no_grad():
             while wait and not any(sched.done(t) for t in self._streamed):
                 sched.round()
+            sched.release_if_idle()
         out = []
         for ticket in sorted(t for t in self._streamed if sched.done(t)):
             flow = sched.pop(ticket)[0].cpu().numpy()

@@ -117,6 +117,12 @@ class Scheduler:
         """Work until `ticket` is done (None: until every submitted call is done)."""
         while not (self.done(ticket) if ticket is not None else not self.pending()):
             self.round()
+        self.release_if_idle()
+
+    def release_if_idle(self) -> None:
+        """With nothing pending, free the pools (videos of other sizes get their own)."""
+        if not self.pending():
+            self.pools.clear()
 
     def round(self) -> None:
         """Warp the pairs that need it, then run the busiest pool for one call (k iterations)."""
