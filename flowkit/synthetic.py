@@ -80,8 +80,40 @@ def moving_video(
     return write_video(path, iter_moving_frames(n, height, width, dx, dy, seed), fps, fourcc)
 
 
+def camera_frames(n: int, height: int, width: int, cut_at: int | None = None,
+                  seed: int = 0) -> Iterator[np.ndarray]:
+    """Real-like BGR frames: a textured scene filmed by a panning, zooming, slightly rotating camera,
+    with a foreground block moving against it; at frame `cut_at` a scene cut to a new scene."""
+    scenes = [cv2.resize(texture(height, width, seed + s), (2 * width, 2 * height),
+                         interpolation=cv2.INTER_CUBIC) for s in (0, 1)]
+    rng = np.random.default_rng(seed)
+    pan = rng.uniform(1.0, 2.5, 2) * rng.choice([-1, 1], 2)
+    block = texture(height // 3, width // 4, seed + 7)
+    for k in range(n):
+        scene = scenes[int(cut_at is not None and k >= cut_at)]
+        cx = width + pan[0] * k
+        cy = height + pan[1] * k
+        m = cv2.getRotationMatrix2D((cx, cy), 0.15 * k, 1.0 + 0.004 * k)
+        m[:, 2] += (width / 2 - cx, height / 2 - cy)
+        frame = cv2.warpAffine(scene, m, (width, height), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REFLECT_101)
+        bh, bw = block.shape[:2]
+        x = int(width * 0.1 + 3.0 * k) % max(1, width - bw)
+        y = int(height * 0.5 + 8 * np.sin(k / 5.0)) % max(1, height - bh)
+        frame[y : y + bh, x : x + bw] = block
+        yield frame
+
+
+def h264_clip(path: str | Path, n: int = 24, height: int = 256, width: int = 340,
+              cut_at: int | None = 12, fps: int = 25, seed: int = 0) -> Path:
+    """Write camera_frames as an H.264 (libx264, yuv420p, CRF 23) .mp4 through PyAV; returns its path."""
+    return write_video_av(path, camera_frames(n, height, width, cut_at, seed), fps,
+                          options={"crf": "23", "preset": "veryfast"})
+
+
 def write_video_av(
-    path: str | Path, frames: Iterable[np.ndarray], fps: int = 25, codec: str = "libx264"
+    path: str | Path, frames: Iterable[np.ndarray], fps: int = 25, codec: str = "libx264",
+    options: dict[str, str] | None = None,
 ) -> Path:
     """Encode BGR frames with PyAV (H.264 by default, what real datasets hold); frames are consumed lazily."""
     import av
@@ -94,6 +126,7 @@ def write_video_av(
         stream = container.add_stream(codec, rate=fps)
         stream.height, stream.width = first.shape[:2]
         stream.pix_fmt = "yuv420p"
+        stream.options = options or {}
         for image in itertools.chain([first], stream_frames):
             container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")))
         container.mux(stream.encode())

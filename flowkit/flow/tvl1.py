@@ -14,6 +14,7 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -121,6 +122,41 @@ def _unbacked_batch(*tensors: torch.Tensor) -> None:
         torch._dynamo.decorators.mark_unbacked(t, 0)
 
 
+def compile_cache_dir() -> Path:
+    """Where flowkit keeps compiled kernels: $FLOWKIT_CACHE_DIR, else $XDG_CACHE_HOME/flowkit or
+    ~/.cache/flowkit; inductor's cache is its 'inductor' folder (shared by workers and runs)."""
+    root = os.environ.get("FLOWKIT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "flowkit")
+    return Path(root) / "inductor"
+
+
+def use_compile_cache() -> bool:
+    """Point inductor's on-disk cache at flowkit's folder before the first compile (an explicit
+    TORCHINDUCTOR_CACHE_DIR wins). Returns whether tvl1's kernels were compiled there before.
+
+    Inductor writes every cache entry to a per-process temporary file and renames it into place
+    (torch._inductor.codecache.write_atomic), so concurrent workers can share the folder.
+    """
+    folder = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir())))
+    return (folder / _marker_name()).exists()
+
+
+def _marker_name() -> str:
+    return f"flowkit-tvl1-{torch.__version__}.done"
+
+
+def _mark_compiled() -> None:
+    """Record (atomically) that this cache holds tvl1's kernels, so later runs say no more."""
+    folder = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{_marker_name()}.{os.getpid()}"
+        tmp.write_text("compiled\n")
+        tmp.replace(folder / _marker_name())
+    except OSError:  # a read-only cache is not an error
+        pass
+
+
 def _compiled_step() -> ops.StepFn:
     """torch.compile'd iteration (built once per process, lazily).
 
@@ -183,14 +219,19 @@ class TVL1Engine:
 
     compile: "auto" (torch.compile when available, unless FLOWKIT_TVL1_COMPILE=0), True, or False
     (the eager oracle). The first compiled call of a process takes ~10-60 s on a 2-core CPU.
-    compact: drop finished pairs from the batch (host check per iteration); default on CPU only,
-    CUDA instead masks finished pairs on the device and checks the host every `sync_every` steps.
+    Pairs run through a continuous-batching scheduler (tvl1_sched): each pool of `slots` slots per
+    level size is refilled as soon as a pair's warp ends. compact: the CPU pool kind (host check per
+    iteration, finished tasks leave at once); default on CPU only. Elsewhere slots are fixed and
+    masked on the device, with a host read every `sync_every` iterations; backend "fused" uses the
+    packed fused-kernel layout (Triton on CUDA), "torch" the torch kernels, "auto" picks.
+    The 'opencv-cuda' numerics (their own stopping schedule) keep the lockstep solver.
     """
 
     name = "tvl1"
 
     def __init__(self, device: str = "cpu", *, compile: bool | str = "auto",
-                 compact: bool | None = None, sync_every: int = 10, **params: Any) -> None:
+                 compact: bool | None = None, sync_every: int = 10, slots: int | None = None,
+                 backend: str = "auto", **params: Any) -> None:
         unknown = set(params) - {f.name for f in dataclasses.fields(TVL1Params)}
         if unknown:
             raise ConfigError(f"unknown tvl1 parameter(s): {', '.join(sorted(unknown))}")
@@ -201,12 +242,19 @@ class TVL1Engine:
         self.compile = compile
         self.compact = (device == "cpu") if compact is None else compact
         self.sync_every = max(1, int(sync_every))
+        self.slots = slots or (8 if device == "cpu" else 32)
+        if backend not in ("auto", "torch", "fused"):
+            raise ConfigError(f"tvl1 backend must be auto, torch or fused, got {backend!r}")
+        self.backend = backend
         self.last_stats: dict[str, Any] = {}
         self._kernels: Kernels | None = None
+        self._sched: Any = None
+        self._streamed: dict[int, bool] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_kernels"] = None  # compiled callables do not pickle; rebuilt in the worker
+        state["_sched"], state["_streamed"] = None, {}
         return state
 
     def __call__(self, prev: np.ndarray, nxt: np.ndarray,
@@ -231,6 +279,39 @@ class TVL1Engine:
         out = flow.cpu().numpy()
         return out[0] if single else out
 
+    def submit(self, prev: np.ndarray, nxt: np.ndarray) -> int:
+        """Streaming API: queue uint8 (B,H,W) pairs without waiting; returns a ticket for poll().
+
+        Pairs of all submitted calls share the scheduler's slot pools (continuous batching across
+        calls and videos); compute() is submit + wait for that ticket.
+        """
+        a, b, single = as_pair_batch(prev, nxt)
+        dev = torch.device(self.device)
+        i0, i1 = (_to_gray255(torch.from_numpy(x).to(dev)) for x in (a, b))
+        solver = _Solver(self.params.effective(), None, dev, self.compact, self.sync_every, {})
+        if solver.cuda_numerics:
+            raise ConfigError("tvl1: submit/poll needs the 'opencv' or 'opencv2.4' pyramid")
+        with torch.no_grad():
+            ticket = self._submit(solver, self.scheduler(self._get_kernels()), i0, i1, None)
+        self._streamed[ticket] = single
+        return ticket
+
+    def poll(self, wait: bool = True) -> list[tuple[int, np.ndarray]]:
+        """Finished submitted calls as (ticket, flow (B,2,H,W) float32), in ticket order; with
+        wait, works until at least one is finished (if any is pending)."""
+        sched = self._sched
+        if sched is None or not self._streamed:
+            return []
+        with torch.no_grad():
+            while wait and not any(sched.done(t) for t in self._streamed):
+                sched.round()
+            sched.release_if_idle()
+        out = []
+        for ticket in sorted(t for t in self._streamed if sched.done(t)):
+            flow = sched.pop(ticket)[0].cpu().numpy()
+            out.append((ticket, flow[0] if self._streamed.pop(ticket) else flow))
+        return out
+
     def compute_tensor(self, prev: torch.Tensor, nxt: torch.Tensor,
                        initial_flow: torch.Tensor | None = None) -> torch.Tensor:
         """Tensor API: (B,H,W) frames (uint8 0..255 or float 0..1, like cv2) -> (B,2,H,W) flow."""
@@ -240,25 +321,58 @@ class TVL1Engine:
         kernels = self._get_kernels()
         with torch.no_grad():
             try:
-                return self._solve(i0, i1, initial_flow, kernels)
+                flow = self._solve(i0, i1, initial_flow, kernels)
+                if kernels is not None and self.__dict__.pop("_first_compile", False):
+                    _mark_compiled()
+                return flow
             except Exception as exc:
                 if kernels is None:
                     raise
                 # A failing compiled path must not fail the run: the eager path is exact.
                 log.warning("tvl1: compiled kernels failed (%s); falling back to eager", exc)
-                self.compile, self._kernels = False, None
+                self.compile, self._kernels, self._sched = False, None, None
                 return self._solve(i0, i1, initial_flow, None)
 
     def _solve(self, i0, i1, init, kernels):
         solver = _Solver(self.params.effective(), kernels, i0.device, self.compact,
                          self.sync_every, self.last_stats)
-        return solver.run(i0, i1, init)
+        if solver.cuda_numerics:
+            return solver.run(i0, i1, init)
+        sched = self.scheduler(kernels)
+        before = sched.counters.as_dict()
+        ticket = self._submit(solver, sched, i0, i1, init)
+        sched.run_until(ticket)
+        flow, stats = sched.pop(ticket)
+        after = sched.counters.as_dict()
+        self.last_stats.clear()
+        self.last_stats.update(stats, counters={k: after[k] - before[k] for k in after})
+        self.last_stats["batch_iterations"] = self.last_stats["counters"]["slot_iterations"]
+        return flow
+
+    @staticmethod
+    def _submit(solver: _Solver, sched: Any, i0: torch.Tensor, i1: torch.Tensor,
+                init: torch.Tensor | None) -> int:
+        pyr = solver.pyramid(torch.cat([i0, i1]))
+        bsz = i0.shape[0]
+        u0 = solver._initial(init, pyr, bsz)
+        return sched.submit([lv[:bsz] for lv in pyr], [lv[bsz:] for lv in pyr], u0)
+
+    def scheduler(self, kernels: Kernels | None = None) -> Any:
+        """The engine's continuous-batching scheduler (built on first use, kept across calls)."""
+        if self._sched is None:
+            from flowkit.flow import tvl1_sched
+
+            self._sched = tvl1_sched.build(self, kernels or eager_kernels(self.device))
+        return self._sched
 
     def _get_kernels(self) -> Kernels | None:
         if self._kernels is None and self._want_compile():
-            log.info("tvl1: compiling the kernels for %s on first use (seconds; "
-                     "FLOWKIT_TVL1_COMPILE=0 skips this and runs eager, about 2x slower)",
-                     self.device)
+            if not use_compile_cache():
+                log.warning("tvl1: compiling the kernels for %s for the first time (about 20-60 s "
+                            "once; cached in %s for every later run and worker; "
+                            "FLOWKIT_TVL1_COMPILE=0 runs eager instead, about 2x slower)",
+                            self.device, os.environ["TORCHINDUCTOR_CACHE_DIR"])
+                self._first_compile = True
             try:
                 self._kernels = fast_kernels(self.device)
             except Exception as exc:  # torch.compile missing or broken: the eager path is exact
@@ -289,7 +403,8 @@ def _to_gray255(x: torch.Tensor) -> torch.Tensor:
 
 
 class _Solver:
-    """One call of the coarse-to-fine solver on a batch; records iteration counts in `stats`."""
+    """Pyramid, initial flow and upsampling for the scheduler; the lockstep solver of the
+    opencv-cuda numerics (their odd-iteration stopping schedule). Records counts in `stats`."""
 
     def __init__(self, params: TVL1Params, kernels: Kernels | None, device: torch.device,
                  compact: bool, sync_every: int, stats: dict[str, Any]) -> None:
@@ -375,7 +490,6 @@ class _Solver:
         src = torch.cat([i1, i1x, i1y], dim=1)
         bsz, _, h, w = i1.shape
         p = torch.zeros(bsz, self.channels, 2, h, w, dtype=torch.float32, device=i1.device)
-        eps = _f32(self.p.epsilon ** 2 * w * h)
         for _ in range(self.p.warps):
             warped = self.warp(src, u[:, :2].contiguous())
             i1w, i1wx, i1wy = warped[:, 0], warped[:, 1], warped[:, 2]
@@ -385,74 +499,15 @@ class _Solver:
             # would make dynamo recompile the kernels for single pairs.
             dense = torch.contiguous_format
             data = (i1wx.clone(memory_format=dense), i1wy.clone(memory_format=dense), grad, rho_c)
-            if self.cuda_numerics:
-                u, p = self._iterate_cuda_schedule(u, p, data, self.p.epsilon ** 2 * w * h)
-            else:
-                run = self._iterate_compact if self.compact else self._iterate_masked
-                u, p = run(u, p, data, eps)
+            # The CPU class's numerics run in the scheduler (tvl1_sched); this lockstep solver
+            # serves the CUDA class's stopping schedule only.
+            u, p = self._iterate_cuda_schedule(u, p, data, self.p.epsilon ** 2 * w * h)
         return u
 
     def _median(self, u: torch.Tensor) -> torch.Tensor:
         k = self.p.median_filtering
         flow = self.median(u[:, :2].contiguous(), k)
         return flow if u.shape[1] == 2 else torch.cat([flow, u[:, 2:]], dim=1)
-
-    def _iterate_compact(self, u, p, data, eps):
-        """One warp's iterations; finished pairs leave the working set (host check each step).
-
-        u and p are owned by the solver, so finished pairs are written back into them in place.
-        """
-        idx = torch.arange(u.shape[0], device=u.device)
-        wu, wp, wdata = u, p, data
-        n = 0
-        for _ in range(self.p.outer_iterations):
-            if self.p.median_filtering > 1:
-                wu = self._median(wu)
-            for _ in range(self.p.inner_iterations):
-                wu, wp, err = self.step(wu, wp, *wdata, self.consts)
-                n += 1
-                keep = err > eps
-                if bool(keep.all()):
-                    continue
-                self._store(u, p, idx, wu, wp, ~keep, n)
-                idx, wu, wp = idx[keep], wu[keep], wp[keep]
-                if idx.numel() == 0:
-                    self.stats["batch_iterations"] += n
-                    return u, p
-                wdata = tuple(d[keep] for d in wdata)
-        self._store(u, p, idx, wu, wp, None, n)
-        self.stats["batch_iterations"] += n
-        return u, p
-
-    def _store(self, u, p, idx, wu, wp, done, n) -> None:
-        """Write the working-set pairs selected by `done` (all if None) back; count n iterations."""
-        if done is not None:
-            idx, wu, wp = idx[done], wu[done], wp[done]
-        u[idx], p[idx] = wu, wp
-        self.stats["iterations"][idx.cpu()] += n
-
-    def _iterate_masked(self, u, p, data, eps):
-        """One warp's iterations in lockstep; finished pairs are frozen on the device."""
-        active = torch.ones(u.shape[0], dtype=torch.bool, device=u.device)
-        count = torch.zeros(u.shape[0], dtype=torch.float64, device=u.device)
-        n = 0
-        for _ in range(self.p.outer_iterations):
-            if self.p.median_filtering > 1:
-                u = torch.where(active.view(-1, 1, 1, 1), self._median(u), u)
-            for _ in range(self.p.inner_iterations):
-                un, pn, err = self.step(u, p, *data, self.consts)
-                u = torch.where(active.view(-1, 1, 1, 1), un, u)
-                p = torch.where(active.view(-1, 1, 1, 1, 1), pn, p)
-                count += active
-                active = active & (err > eps)
-                n += 1
-                if n % self.sync_every == 0 and not bool(active.any()):
-                    break
-            if not bool(active.any()):
-                break
-        self.stats["iterations"] += count.cpu()
-        self.stats["batch_iterations"] += n
-        return u, p
 
     def _iterate_cuda_schedule(self, u, p, data, eps):
         """One warp of the CUDA class: a single loop, the error measured only on its schedule.
