@@ -100,6 +100,7 @@ def test_commands_that_do_not_compute_import_neither_torch_nor_cv2(make_video, t
     with h5py.File(shard, "w") as f:
         f.attrs["model"] = "c3d"
     for args in (["--help"], ["status", "--help"], ["features", "--help"], ["sample-frames", "--help"],
+                 ["extract-flow", "--help"],
                  ["status", str(out)], ["merge", str(out)], ["inspect", str(shard)]):
         seen = _modules_after(*args)
         assert seen["modules"] == {"torch": False, "cv2": False}, (args, seen)

@@ -26,7 +26,7 @@ from flowkit.cli.frames import CLASSES_HELP, geometry_options, make_resize_kwarg
 
 
 def _tvl1_fields() -> list[dataclasses.Field]:
-    from flowkit.flow.tvl1 import TVL1Params
+    from flowkit.flow.tvl1_params import TVL1Params
 
     return list(dataclasses.fields(TVL1Params))
 
@@ -43,7 +43,7 @@ def _option_type(f: dataclasses.Field, annotation: Any) -> click.ParamType:
 
 def tvl1_options() -> list[click.Option]:
     """One CLI option per TVL1Params field (built from the dataclass: one source of defaults/bounds)."""
-    from flowkit.flow.tvl1 import TVL1Params
+    from flowkit.flow.tvl1_params import TVL1Params
 
     hints = typing.get_type_hints(TVL1Params)
     options = []

@@ -15,7 +15,7 @@ import numpy as np
 
 from flowkit.errors import ConfigError
 from flowkit.flow import as_pair_batch, register_engine
-from flowkit.flow.tvl1 import TVL1Params
+from flowkit.flow.tvl1_params import TVL1Params
 
 
 class _OpenCVEngine:
