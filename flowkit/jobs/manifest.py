@@ -2,13 +2,17 @@
 
 Ground truth for "done" is an output renamed into place plus its done record (written last); the event
 logs explain what happened (start / done / failed with error and seconds). One writer per log file, so
-the logs are safe on shared filesystems as long as process ids differ.
+the logs are safe on shared filesystems as long as process ids differ. Every event carries the number
+of its run (allocated with an exclusive mkdir, so runs on different hosts never share one) and its
+wall time; readers merge the logs by (run, time), never by file name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
+import itertools
 import json
 import math
 import os
@@ -142,28 +146,56 @@ class Manifest:
                 records.append(json.loads(path.read_text(encoding="utf-8")))
         return records
 
-    # -- events -----------------------------------------------------------------------------------
+    # -- runs and events ---------------------------------------------------------------------------
+    def new_run(self) -> int:
+        """A fresh run number, larger than every earlier one (also of other shards and hosts)."""
+        folder = self.state_dir / "runs"
+        folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            taken = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
+            number = max(taken, default=0) + 1
+            with contextlib.suppress(FileExistsError):
+                (folder / f"{number:06d}").mkdir()  # atomic and exclusive, even on NFS
+                return number
+
     def events(self) -> Iterator[dict[str, Any]]:
-        """All events of all workers, each log in order; a truncated last line is skipped."""
-        for path in sorted((self.state_dir / "events").glob("*.jsonl")):
-            with open(path, encoding="utf-8") as fh:
-                for line in fh:
-                    with contextlib.suppress(json.JSONDecodeError):
-                        yield json.loads(line)
+        """All events of all workers in the order they happened: by run number, then wall time.
+
+        Each log keeps its own order (a clock that steps back inside one process cannot reorder it);
+        a truncated last line is skipped. Logs written before run numbers existed count as run 0.
+        """
+        logs = [_read_log(p) for p in (self.state_dir / "events").glob("*.jsonl")]
+        yield from heapq.merge(*logs, key=event_order)
+
+
+def event_order(event: Mapping[str, Any]) -> tuple[int, float]:
+    """Sort key of an event across logs: (run number, wall time)."""
+    return int(event.get("run", 0)), float(event.get("time", 0.0))
+
+
+def _read_log(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            with contextlib.suppress(json.JSONDecodeError):
+                event = json.loads(line)
+                if isinstance(event, dict):
+                    yield event
 
 
 class EventLog:
-    """Append-only JSONL log owned by one process; one write() per record."""
+    """Append-only JSONL log owned by one process (thread) of one run; one write() per record."""
 
-    def __init__(self, manifest: Manifest, tag: str) -> None:
+    def __init__(self, manifest: Manifest, tag: str, run: int = 0) -> None:
         folder = manifest.state_dir / "events"
         folder.mkdir(parents=True, exist_ok=True)
         name = f"{tag}-{socket.gethostname()}-{os.getpid()}.jsonl"
+        self.run = run
+        self._seq = itertools.count()
         self._fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
     def write(self, event: str, **fields: Any) -> None:
-        """Append one event as a single write()."""
-        record = {"event": event, "time": time.time(), **fields}
+        """Append one event as a single write(), stamped with its run, wall time and sequence number."""
+        record = {"event": event, "run": self.run, "time": time.time(), "seq": next(self._seq), **fields}
         os.write(self._fd, (json.dumps(record, default=str) + "\n").encode())
 
     def close(self) -> None:
@@ -240,6 +272,15 @@ class RunLock:
             return False
         return False
 
+    def holder(self) -> dict[str, Any] | None:
+        """Who holds this lock (host, pid, ...) and `alive` (False: its process is gone); None if free.
+
+        A holder on another host counts as alive: only its lease (or a person) can say it is gone.
+        """
+        if not self.path.exists():
+            return None
+        return {**self._owner(), "tag": self.path.stem, "alive": not self._stale()}
+
     def _held_message(self) -> str:
         owner = self._owner()
         return (
@@ -251,3 +292,13 @@ class RunLock:
         """Give the lock back."""
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+def lock_holders(manifest: Manifest) -> dict[str, dict[str, Any]]:
+    """Every shard lock in the folder with its holder (see RunLock.holder), by shard tag."""
+    holders = {}
+    for path in sorted((manifest.state_dir / "locks").glob("*.lock")):
+        holder = RunLock(manifest, path.stem).holder()
+        if holder is not None:
+            holders[path.stem] = holder
+    return holders

@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -21,6 +21,7 @@ import flowkit
 from flowkit.atomic import atomic_write_text
 from flowkit.errors import ConfigError, FlowkitError, VideoError
 from flowkit.inputs import VideoItem
+from flowkit.jobs import progress
 from flowkit.jobs.manifest import Manifest
 from flowkit.jobs.runner import Unit, UnitResult, current_device, one_line
 from flowkit.outputs import hdf5
@@ -40,6 +41,9 @@ COMBINES = ("concat", "sum")
 @dataclass(frozen=True)
 class FeaturesConfig:
     """Every option of `flowkit features`; model-dependent defaults are filled from the model registry."""
+
+    # Files and folders that workers read: made absolute on the client before a run (Dask workers).
+    path_fields: ClassVar[tuple[str, ...]] = ("weights", "flow_weights", "mean_file", "flow_dir")
 
     model: str = "c3d"
     weights: str | None = None
@@ -185,6 +189,7 @@ class VideoFeatures:
         """Decode, window, run the model(s); returns (datasets, group attributes) for the HDF5 group."""
         timestamps, info = scan_timestamps(item.path)
         plan = plan_windows(timestamps, self.clip_len, self.stride, self.cfg.fps, self.cfg.pad_last)
+        progress.set_total(len(timestamps))
         outputs = self._run(item, plan)
         datasets = self._datasets(plan, outputs)
         attrs = {
@@ -210,7 +215,7 @@ class VideoFeatures:
         reader = prefetch(VideoReader(item.path, self.geometry), depth=2 * self.clip_len)
         outputs: dict[str, list[np.ndarray]] = {}
         batch: list[Window] = []
-        for window in assembler.feed(reader):
+        for window in assembler.feed(progress.track(reader)):
             batch.append(window)
             if len(batch) == self.cfg.batch_size:
                 self._forward(batch, outputs)

@@ -18,6 +18,7 @@ import numpy as np
 
 from flowkit.errors import ConfigError, FlowkitError
 from flowkit.inputs import VideoItem
+from flowkit.jobs import progress
 from flowkit.jobs.manifest import Manifest
 from flowkit.jobs.runner import Unit, UnitResult, current_device, one_line
 from flowkit.outputs.flowfiles import FLOW_FORMATS, H5Sink, ImagePairSink, NpySink
@@ -194,7 +195,8 @@ def _stream(reader: VideoReader, engine: Any, batch: int, sink: Any, writer: Fol
     window: deque[tuple[np.ndarray, float]] = deque(maxlen=cfg.step + 1)
     pending: list[tuple[np.ndarray, np.ndarray, float, float]] = []
     rgb = 0
-    for frame in prefetch(reader, depth=2 * batch):
+    header = lambda: reader.info.header_frames if reader.info else 0  # noqa: E731 - read at frame 1
+    for frame in progress.track(prefetch(reader, depth=2 * batch), header):
         if cfg.rgb and (frame.index >= cfg.step or not layout.rgb_is_second_frame):
             writer.write_image(layout.rgb_name(rgb), frame.image, cfg.jpeg_quality)
             rgb += 1

@@ -15,6 +15,7 @@ from flowkit import sampling
 from flowkit.atomic import atomic_write
 from flowkit.errors import ConfigError
 from flowkit.inputs import VideoItem
+from flowkit.jobs import progress
 from flowkit.jobs.manifest import Manifest
 from flowkit.jobs.runner import Unit, UnitResult
 from flowkit.outputs.lists import write_lists
@@ -147,11 +148,13 @@ class FramesPipeline:
     def _write(self, item: VideoItem, timestamps: np.ndarray | None) -> tuple[int, int, Selection | None]:
         reader = VideoReader(item.path, Resize(self.cfg.short_side, self.cfg.size))
         selection = None if timestamps is None else select_frames(self.cfg, timestamps)
+        total = len(timestamps) if timestamps is not None else (lambda: reader.info.header_frames)
+        decoded = progress.track(reader, total)
         if selection is None:  # every --step-th frame: known without a first pass
-            frames = (f for f in reader if f.index % self.cfg.step == 0)
+            frames = (f for f in decoded if f.index % self.cfg.step == 0)
         else:
             wanted = set(selection.indices.tolist())
-            frames = (f for f in reader if f.index in wanted)
+            frames = (f for f in decoded if f.index in wanted)
         if self.cfg.format == "npz":
             kept = list(frames)
             self._save_npz(item.video_id, kept, selection)
