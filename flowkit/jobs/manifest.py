@@ -272,15 +272,6 @@ class RunLock:
             return False
         return False
 
-    def holder(self) -> dict[str, Any] | None:
-        """Who holds this lock (host, pid, ...) and `alive` (False: its process is gone); None if free.
-
-        A holder on another host counts as alive: only its lease (or a person) can say it is gone.
-        """
-        if not self.path.exists():
-            return None
-        return {**self._owner(), "tag": self.path.stem, "alive": not self._stale()}
-
     def _held_message(self) -> str:
         owner = self._owner()
         return (
@@ -293,12 +284,3 @@ class RunLock:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
-
-def lock_holders(manifest: Manifest) -> dict[str, dict[str, Any]]:
-    """Every shard lock in the folder with its holder (see RunLock.holder), by shard tag."""
-    holders = {}
-    for path in sorted((manifest.state_dir / "locks").glob("*.lock")):
-        holder = RunLock(manifest, path.stem).holder()
-        if holder is not None:
-            holders[path.stem] = holder
-    return holders

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from flowkit.errors import ManifestError
-from flowkit.jobs.manifest import Manifest, lock_holders
+from flowkit.jobs.manifest import Manifest, RunLock
 
 EXIT_COMPLETE, EXIT_FAILED, EXIT_INCOMPLETE, EXIT_RUNNING = 0, 1, 3, 4
 EXIT_MEANINGS = {
@@ -97,6 +97,19 @@ def _frames_text(unit: dict[str, Any]) -> str:
         return ""
     total = unit.get("total") or "?"
     return f"{unit['frames']}/{total} frames" + ("" if unit["running"] else " when it stopped")
+
+
+def lock_holders(manifest: Manifest) -> dict[str, dict[str, Any]]:
+    """Every shard lock in the folder: its owner record (host, pid, ...) and `alive`, by shard tag.
+
+    `alive` is the lock's own staleness rule (a holder on another host counts as alive until its lease
+    says otherwise), so status and a rerun's takeover agree on who is gone.
+    """
+    holders = {}
+    for path in sorted((manifest.state_dir / "locks").glob("*.lock")):
+        lock = RunLock(manifest, path.stem)
+        holders[path.stem] = {**lock._owner(), "alive": not lock._stale()}
+    return holders
 
 
 def read_status(out_dir: str | Path) -> StatusReport:
