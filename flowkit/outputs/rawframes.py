@@ -82,11 +82,15 @@ def _write_bytes(path: Path, data: bytes) -> None:
 class FolderWriter:
     """Writes one video's files into a temporary folder on a small thread pool, then renames it into place."""
 
-    def __init__(self, final_dir: Path, threads: int = 2, max_pending: int = 64) -> None:
+    def __init__(self, final_dir: Path, threads: int = 2, max_pending: int = 64,
+                 resume_dir: Path | None = None) -> None:
         self.final_dir = Path(final_dir)
-        self.tmp_dir = self.final_dir.parent / f".{self.final_dir.name}.tmp-{os.getpid()}"
+        # A resumable folder (extract-flow's `.NAME.partial`) is reused and survives Ctrl-C / SIGTERM.
+        self.resumable = resume_dir is not None
+        fresh = self.final_dir.parent / f".{self.final_dir.name}.tmp-{os.getpid()}"
+        self.tmp_dir = Path(resume_dir) if resume_dir else fresh
         remove_stale(self.final_dir)
-        self.tmp_dir.mkdir(parents=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=self.resumable)
         self._pool = ThreadPoolExecutor(max_workers=threads)
         self._pending: list[Future[None]] = []
         self._max_pending = max_pending
@@ -106,6 +110,10 @@ class FolderWriter:
 
     def _encode_write(self, name: str, image: np.ndarray, ext: str, quality: int) -> None:
         _write_bytes(self.tmp_dir / name, encode_image(image, ext, quality))
+
+    def flush(self) -> None:
+        """Wait until every queued file is written (a checkpoint can then count them)."""
+        self._drain()
 
     def _drain(self, keep: int = 0) -> None:
         while len(self._pending) > keep:
@@ -142,6 +150,8 @@ class FolderWriter:
     def __exit__(self, exc_type: object, *_: object) -> None:
         if exc_type is None:
             self.commit()
+        elif self.resumable and isinstance(exc_type, type) and issubclass(exc_type, KeyboardInterrupt):
+            self._pool.shutdown(cancel_futures=True)  # interrupted: keep what is finished for the rerun
         else:
             self.abort()
 

@@ -19,11 +19,12 @@ import numpy as np
 from flowkit.errors import ConfigError, FlowkitError
 from flowkit.inputs import VideoItem
 from flowkit.jobs import progress
-from flowkit.jobs.manifest import Manifest
+from flowkit.jobs.manifest import Manifest, config_hash
 from flowkit.jobs.runner import Unit, UnitResult, current_device, one_line
 from flowkit.outputs.flowfiles import FLOW_FORMATS, H5Sink, ImagePairSink, NpySink
 from flowkit.outputs.lists import write_lists
 from flowkit.outputs.rawframes import FolderWriter, count_files, get_layout
+from flowkit.pipelines.partial import Partial, source_identity
 from flowkit.pipelines.stages import prefetch
 from flowkit.video import Resize, VideoReader, to_gray
 
@@ -164,10 +165,13 @@ def extract_video(item: VideoItem, target: Path, cfg: FlowConfig, device: str) -
     reader = VideoReader(item.path, Resize(cfg.short_side, cfg.size))
     engine = engine_for(cfg, device)
     batch = cfg.batch_size or default_batch_size(getattr(engine, "device", device))
-    with FolderWriter(target) as writer:
+    resume = _resumable(item, target, cfg)
+    with FolderWriter(target, resume_dir=resume.folder if resume else None) as writer:
         sink = _make_sink(writer, cfg, item)
-        rgb = _stream(reader, engine, batch, sink, writer, cfg)
+        rgb = _stream(reader, engine, batch, sink, writer, cfg, resume)
         sink.close()
+        if resume is not None:
+            resume.finish()
     record = {"video_id": item.video_id, "source": str(item.path), "num_frames": reader.num_frames,
               "rgb": rgb, "flow": sink.count, "format": cfg.format}
     if reader.warnings:
@@ -176,6 +180,17 @@ def extract_video(item: VideoItem, target: Path, cfg: FlowConfig, device: str) -
         record["note"] = f"only {reader.num_frames} frame(s): RGB written, no flow pairs at step {cfg.step}"
         log.warning("%s: %s", item.path, record["note"])
     return record
+
+
+def _resumable(item: VideoItem, target: Path, cfg: FlowConfig) -> Partial | None:
+    """Image formats keep finished pairs across an interruption (see partial.py); h5/npy restart."""
+    if cfg.format not in ("jpg", "png"):
+        return None
+    try:
+        identity = source_identity(config_hash(cfg.output_config()), item.path)
+    except OSError:
+        return None  # the reader reports a missing or unreadable input in its own words
+    return Partial.open(target, identity, get_layout(cfg.layout), cfg.format)
 
 
 def _make_sink(writer: FolderWriter, cfg: FlowConfig, item: VideoItem) -> Any:
@@ -189,22 +204,33 @@ def _make_sink(writer: FolderWriter, cfg: FlowConfig, item: VideoItem) -> Any:
 
 
 def _stream(reader: VideoReader, engine: Any, batch: int, sink: Any, writer: FolderWriter,
-            cfg: FlowConfig) -> int:
-    """Feed frame pairs (k, k+step) to the engine in batches; write RGB as frames arrive. Returns #RGB."""
+            cfg: FlowConfig, resume: Partial | None = None) -> int:
+    """Feed frame pairs (k, k+step) to the engine in batches; write RGB as frames arrive. Returns #RGB.
+
+    With `resume`, the RGB files and flow pairs it counts as finished are skipped, not recomputed.
+    """
     layout = get_layout(cfg.layout)
     window: deque[tuple[np.ndarray, float]] = deque(maxlen=cfg.step + 1)
     pending: list[tuple[np.ndarray, np.ndarray, float, float]] = []
-    rgb = 0
+    rgb = pairs = 0
+    skip_rgb, skip_pairs = (resume.rgb, resume.pairs) if resume else (0, 0)
+    if skip_pairs:
+        sink.count = skip_pairs
     header = lambda: reader.info.header_frames if reader.info else 0  # noqa: E731 - read at frame 1
     for frame in progress.track(prefetch(reader, depth=2 * batch), header):
         if cfg.rgb and (frame.index >= cfg.step or not layout.rgb_is_second_frame):
-            writer.write_image(layout.rgb_name(rgb), frame.image, cfg.jpeg_quality)
+            if rgb >= skip_rgb:
+                writer.write_image(layout.rgb_name(rgb), frame.image, cfg.jpeg_quality)
             rgb += 1
         window.append((to_gray(frame.image), frame.timestamp))
         if len(window) == cfg.step + 1:
-            pending.append((window[0][0], window[-1][0], window[0][1], window[-1][1]))
+            if pairs >= skip_pairs:
+                pending.append((window[0][0], window[-1][0], window[0][1], window[-1][1]))
+            pairs += 1
         if len(pending) == batch:
             _flush(engine, pending, sink, cfg.algorithm)
+            if resume is not None:
+                resume.checkpoint(writer, sink.count, rgb)
     _flush(engine, pending, sink, cfg.algorithm)
     return rgb
 
