@@ -126,11 +126,16 @@ def read_status(out_dir: str | Path) -> StatusReport:
     records = [r for r in manifest.all_done() if r.get("unit") in known or not known]
     report.done = {r["unit"] for r in records if not r.get("failed")}
     report.holders = lock_holders(manifest)
-    _replay(report, manifest, known)
+    shard_of = _replay(report, manifest, known)
     for r in records:
         if r.get("failed") and r["unit"] not in report.failed:
             report.failed[r["unit"]] = [(v, "failed") for v in r["failed"]]
     report.done -= set(report.failed)
+    # Units finished per shard: each done or failed unit once, under the shard that last worked on it
+    # (a kill between its done record and its `done` event leaves only the `start`, which names it).
+    for uid in report.done | set(report.failed):
+        if uid in shard_of:
+            report.shard_counts[shard_of[uid]] = report.shard_counts.get(shard_of[uid], 0) + 1
     beats = read_heartbeats(manifest)
     for uid, unit in report.in_flight.items():
         if uid in beats:
@@ -138,8 +143,11 @@ def read_status(out_dir: str | Path) -> StatusReport:
     return report
 
 
-def _replay(report: StatusReport, manifest: Manifest, known: set[str]) -> None:
-    """Walk the events in order (run number, then time): the last event of a unit says where it is."""
+def _replay(report: StatusReport, manifest: Manifest, known: set[str]) -> dict[str, str]:
+    """Walk the events in order (run number, then time): the last event of a unit says where it is.
+
+    Returns the shard that last worked on each unit.
+    """
     last: dict[str, dict[str, Any]] = {}
     first = end = None
     for ev in manifest.events():
@@ -153,8 +161,6 @@ def _replay(report: StatusReport, manifest: Manifest, known: set[str]) -> None:
         if ev.get("event") in ("done", "failed"):
             report.frames += int(ev.get("frames", 0))
             report.busy_seconds += float(ev.get("seconds", 0.0))
-            tag = str(ev.get("shard", "shard-0-of-1"))
-            report.shard_counts[tag] = report.shard_counts.get(tag, 0) + 1
     for uid, ev in last.items():
         kind = ev.get("event")
         failures = [tuple(f) for f in ev.get("failures", [])]
@@ -167,3 +173,4 @@ def _replay(report: StatusReport, manifest: Manifest, known: set[str]) -> None:
             report.in_flight[uid] = {"shard": ev.get("shard"), "running": bool(holder.get("alive"))}
     if first is not None and end is not None:
         report.span_seconds = end - first
+    return {uid: str(ev["shard"]) for uid, ev in last.items() if "shard" in ev}
