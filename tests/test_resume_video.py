@@ -115,3 +115,24 @@ def test_kill_9_mid_video_resumes(make_video, tmp_path, monkeypatch):
     assert sum(computed) <= 15 - kept
     assert tree(out) == tree(reference)
     assert run("status", out).exit_code == 0
+
+
+def test_an_unchanged_folder_verifies_with_one_stat_a_changed_one_is_counted(clip, tmp_path, monkeypatch):
+    inputs, reference = clip
+    out = tmp_path / "out"
+    assert run("extract-flow", inputs, "-o", out, *ARGS).exit_code == 0
+
+    real = os.listdir
+
+    def no_listing(path="."):
+        assert "cls" not in str(path), f"listed {path}"
+        return real(path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "listdir", no_listing)
+        again = run("extract-flow", inputs, "-o", out, *ARGS)
+    assert again.exit_code == 0 and "done 0, skipped 1" in again.output, again.output
+    (out / "cls" / "v" / "flow_y_00004.jpg").unlink()  # the folder's mtime moves: counted, found short
+    fixed = run("extract-flow", inputs, "-o", out, *ARGS)
+    assert fixed.exit_code == 0 and "done 1, skipped 0" in fixed.output, fixed.output
+    assert tree(out) == reference

@@ -174,3 +174,31 @@ def test_status_of_a_live_then_killed_run(make_video, tmp_path):
     dead = run("status", out)
     assert dead.exit_code == 3, dead.output
     assert "interrupted long: " in dead.output and "when it stopped" in dead.output
+
+
+def test_done_records_compact_per_shard_and_the_newest_word_wins(tmp_path):
+    manifest = Manifest(tmp_path)
+    for uid in ("a", "b"):
+        manifest.write_done(uid, {"v": 1})
+    assert manifest.compact_done(["a", "b"], "shard-0-of-1", run=1) == 2
+    assert not list((tmp_path / ".flowkit" / "done").glob("*.json"))  # folded into the index
+    assert manifest.read_done("a") == {"unit": "a", "v": 1}
+    manifest.clear_done("a")  # an index entry is hidden by a tombstone
+    assert manifest.read_done("a") is None and [r["unit"] for r in manifest.all_done()] == ["b"]
+    manifest.write_done("a", {"v": 2})  # redone under another sharding, compacted by that shard
+    assert manifest.compact_done(["a"], "shard-1-of-2", run=2) == 1
+    manifest.write_done("b", {"v": 3})
+    assert manifest.compact_done(["a", "b"], "shard-0-of-1", run=3) == 1  # a's old entry keeps run 1
+    assert manifest.read_done("a") == {"unit": "a", "v": 2}
+    assert manifest.all_done() == [{"unit": "a", "v": 2}, {"unit": "b", "v": 3}]
+    manifest.done_path("b").write_text('{"unit": "b", "v"')  # a corrupt journal file: not done
+    assert manifest.read_done("b") is None
+
+
+def test_a_finished_run_leaves_one_index_file_not_one_file_per_unit(tmp_path):
+    run_pipeline(FakePipeline(tmp_path), items(5), tmp_path, RunOptions(quiet=True))
+    state = tmp_path / ".flowkit"
+    assert not list((state / "done").glob("*.json"))
+    assert [p.name for p in (state / "done-index").iterdir()] == ["shard-0-of-1.jsonl"]
+    again = run_pipeline(FakePipeline(tmp_path), items(5), tmp_path, RunOptions(quiet=True))
+    assert again.skipped == 5 and read_status(tmp_path).exit_code == 0

@@ -27,6 +27,7 @@ from typing import Any
 import flowkit
 from flowkit.atomic import atomic_write_text
 from flowkit.errors import ManifestError
+from flowkit.jobs.donestore import DoneStore
 
 STATE_DIR = ".flowkit"
 
@@ -115,36 +116,35 @@ class Manifest:
         except (FileNotFoundError, json.JSONDecodeError, KeyError):
             return []
 
-    # -- done records -----------------------------------------------------------------------------
+    # -- done records (journal + per-shard index: see donestore.py) -----------------------------------
+    @property
+    def done_store(self) -> DoneStore:
+        """The done records of this folder."""
+        return DoneStore(self.state_dir, safe_name)
+
     def done_path(self, unit_id: str) -> Path:
-        """Where a unit's done record lives."""
-        return self.state_dir / "done" / f"{safe_name(unit_id)}.json"
+        """Where a unit's done record is written (its journal file)."""
+        return self.done_store.path(unit_id)
 
     def write_done(self, unit_id: str, record: Mapping[str, Any]) -> None:
         """Record a unit as done; call only after its output is renamed into place."""
-        atomic_write_text(
-            self.done_path(unit_id), json.dumps({"unit": unit_id, **record}, default=str)
-        )
+        self.done_store.write(unit_id, record)
 
     def read_done(self, unit_id: str) -> dict[str, Any] | None:
         """The done record of a unit, or None (also for a corrupt record, which means not done)."""
-        try:
-            return json.loads(self.done_path(unit_id).read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+        return self.done_store.read(unit_id)
 
     def clear_done(self, unit_id: str) -> None:
         """Forget that a unit was done (before redoing it)."""
-        with contextlib.suppress(FileNotFoundError):
-            self.done_path(unit_id).unlink()
+        self.done_store.clear(unit_id)
 
     def all_done(self) -> list[dict[str, Any]]:
         """Every done record in the folder (all shards)."""
-        records = []
-        for path in sorted((self.state_dir / "done").glob("*.json")):
-            with contextlib.suppress(json.JSONDecodeError, OSError):
-                records.append(json.loads(path.read_text(encoding="utf-8")))
-        return records
+        return self.done_store.all()
+
+    def compact_done(self, unit_ids: list[str], tag: str, run: int) -> int:
+        """Fold a shard's finished records into its index (end of its run, under its lock)."""
+        return self.done_store.compact(unit_ids, tag, run)
 
     # -- runs and events ---------------------------------------------------------------------------
     def new_run(self) -> int:

@@ -344,10 +344,20 @@ def run_pipeline(
             _account(summary, result)
         summary.seconds = time.perf_counter() - start
         pipeline.finalize(manifest)
+        _compact(manifest, units, options, ctx.run)
         return summary
     finally:
         close_event_logs(out)
         lock.release()
+
+
+def _compact(manifest: Manifest, units: list[Unit], opts: RunOptions, run: int) -> None:
+    """Fold this shard's done records into its index, so the next resume check reads one file."""
+    i, n = opts.shard
+    try:
+        manifest.compact_done([u.uid for u in units if u.index % n == i], opts.shard_tag, run)
+    except OSError as exc:  # e.g. a full disk: the per-unit records stay valid, only slower to read
+        log.warning("could not compact the done records (%s); they stay valid", exc)
 
 
 def _account(summary: RunSummary, result: UnitResult) -> None:

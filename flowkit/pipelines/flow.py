@@ -8,7 +8,9 @@ that is renamed into place when complete, then the done record is written.
 from __future__ import annotations
 
 import logging
-from collections import deque
+import os
+import stat
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +25,7 @@ from flowkit.jobs.manifest import Manifest, config_hash
 from flowkit.jobs.runner import Unit, UnitResult, current_device, one_line
 from flowkit.outputs.flowfiles import FLOW_FORMATS, H5Sink, ImagePairSink, NpySink
 from flowkit.outputs.lists import write_lists
-from flowkit.outputs.rawframes import FolderWriter, count_files, get_layout
+from flowkit.outputs.rawframes import FolderWriter, get_layout
 from flowkit.pipelines.partial import Partial, source_identity
 from flowkit.pipelines.stages import prefetch
 from flowkit.video import Resize, VideoReader, to_gray
@@ -138,6 +140,8 @@ class FlowPipeline:
         manifest.clear_done(unit.uid)
         device = current_device(self.cfg.device)
         record = extract_video(item, self.out_dir / unit.uid, self.cfg, device)
+        # Any file added to or removed from the folder later changes its mtime: one stat verifies it.
+        record["folder_mtime_ns"] = (self.out_dir / unit.uid).stat().st_mtime_ns
         manifest.write_done(unit.uid, record)
         notes = [(str(item.path), record["note"])] if "note" in record else []
         return UnitResult(unit.uid, "done", frames=record["num_frames"], record=record, notes=notes)
@@ -149,15 +153,27 @@ class FlowPipeline:
 
 
 def verify_video_folder(folder: Path, record: dict[str, Any], cfg: FlowConfig) -> bool:
-    """Cheap check that a finished folder still holds what its done record says."""
-    if not folder.is_dir():
+    """Cheap check that a finished folder still holds what its done record says.
+
+    Unchanged since its commit (same mtime: no file added or removed) costs one stat; otherwise the
+    files are counted, in one listing.
+    """
+    try:
+        st = os.stat(folder)
+        names = None if st.st_mtime_ns == record.get("folder_mtime_ns") else os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
         return False
+    if not stat.S_ISDIR(st.st_mode):
+        return False
+    if names is None:
+        return True
     layout = get_layout(cfg.layout)
-    if cfg.rgb and count_files(folder, layout.rgb_prefix + "_") != record.get("rgb", 0):
+    counts = Counter(name.rsplit("_", 1)[0] for name in names)
+    if cfg.rgb and counts[layout.rgb_prefix] != record.get("rgb", 0):
         return False
     if cfg.format in ("jpg", "png"):
-        return all(count_files(folder, f"{layout.flow_prefix}_{a}_") == record["flow"] for a in "xy")
-    return (folder / f"flow.{cfg.format}").is_file()
+        return all(counts[f"{layout.flow_prefix}_{a}"] == record["flow"] for a in "xy")
+    return f"flow.{cfg.format}" in names
 
 
 def extract_video(item: VideoItem, target: Path, cfg: FlowConfig, device: str) -> dict[str, Any]:
