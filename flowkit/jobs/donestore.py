@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +42,31 @@ class DoneStore:
         self.journal = Path(state_dir) / "done"
         self.index_dir = Path(state_dir) / "done-index"
         self._name_of = name_of  # unit id -> flat file name (no extension)
+        self._journal_dir = str(self.journal)
+        self._seen: dict[str, Record] | None = None  # the index as this store first read it
+        self._names: set[str] | None = None  # journal file names, inside bulk_reads() only
 
     def path(self, unit_id: str) -> Path:
         """A unit's journal file."""
-        return self.journal / f"{self._name_of(unit_id)}.json"
+        return Path(self._file(unit_id))
+
+    def _file(self, unit_id: str) -> str:
+        return os.path.join(self._journal_dir, f"{self._name_of(unit_id)}.json")
+
+    @contextlib.contextmanager
+    def bulk_reads(self) -> Iterator[None]:
+        """Within the block, reads look the journal up in one listing instead of one open per unit.
+
+        For the resume check: it runs under the shard's lock before any of the shard's units is written.
+        """
+        try:
+            self._names = {e.name for e in os.scandir(self.journal)}
+        except (FileNotFoundError, NotADirectoryError):
+            self._names = set()
+        try:
+            yield
+        finally:
+            self._names = None
 
     def write(self, unit_id: str, record: Mapping[str, Any]) -> None:
         """Record a unit as done (atomically); call only after its output is renamed into place."""
@@ -53,17 +74,21 @@ class DoneStore:
 
     def read(self, unit_id: str) -> Record | None:
         """A unit's record, or None: not done, cleared, or a corrupt journal file (which means not done)."""
+        file = self._file(unit_id)
         try:
-            record = _load(self.path(unit_id).read_text(encoding="utf-8"))
+            if self._names is not None and os.path.basename(file) not in self._names:
+                raise FileNotFoundError(file)
+            with open(file, encoding="utf-8") as fh:
+                record = _load(fh.read())
         except FileNotFoundError:
-            record = self.index().get(unit_id)
+            record = self._index_once().get(unit_id)
         except OSError:
             return None
         return None if record is None or record.get("cleared") else record
 
     def clear(self, unit_id: str) -> None:
         """Forget a unit's record: delete its journal file, or hide its index entry behind a tombstone."""
-        if unit_id in self.index():
+        if unit_id in self._index_once():
             atomic_write_text(self.path(unit_id), json.dumps({"unit": unit_id, "cleared": True}))
         else:
             with contextlib.suppress(FileNotFoundError):
@@ -92,6 +117,13 @@ class DoneStore:
                 if record is not None:
                     out[record["unit"]] = (record, text)
         return out
+
+    def _index_once(self) -> dict[str, Record]:
+        """The index as first read by this store: single-unit reads and clears are of units the
+        caller's shard owns, and only that shard (at its run's end) compacts them."""
+        if self._seen is None:
+            self._seen = self.index()
+        return self._seen
 
     def index(self) -> dict[str, Record]:
         """Every compacted record by unit (highest run wins); cached while the index files are unchanged."""
@@ -128,6 +160,7 @@ class DoneStore:
         entries.update({uid: (run, record) for uid, (record, _) in journal.items()})
         lines = (json.dumps({"run": r, "record": rec}, default=str) for r, rec in entries.values())
         atomic_write_text(path, "".join(line + "\n" for line in lines))
+        self._seen = None
         for uid, (_, text) in journal.items():
             with contextlib.suppress(OSError):
                 if self.path(uid).read_text(encoding="utf-8") == text:

@@ -119,8 +119,11 @@ class Manifest:
     # -- done records (journal + per-shard index: see donestore.py) -----------------------------------
     @property
     def done_store(self) -> DoneStore:
-        """The done records of this folder."""
-        return DoneStore(self.state_dir, safe_name)
+        """The done records of this folder (one store per Manifest: it caches the compacted index)."""
+        store = self.__dict__.get("_done_store")
+        if store is None:
+            store = self.__dict__["_done_store"] = DoneStore(self.state_dir, safe_name)
+        return store
 
     def done_path(self, unit_id: str) -> Path:
         """Where a unit's done record is written (its journal file)."""

@@ -299,17 +299,23 @@ def _select(
     mine = [u for u in units if u.index % n == i]
     last_failed = _last_failed(manifest) if opts.retry_failed else set()
     todo = []
-    for unit in mine:
-        if opts.overwrite:
-            manifest.clear_done(unit.uid)
-            todo.append(unit)
-        elif pipeline.is_done(unit, manifest):
-            summary.skipped += 1
-        elif opts.retry_failed and unit.uid not in last_failed:
-            summary.pending += 1
-        else:
-            todo.append(unit)
+    with manifest.done_store.bulk_reads():
+        for unit in mine:
+            _select_one(pipeline, unit, manifest, opts, summary, last_failed, todo)
     return todo
+
+
+def _select_one(pipeline: Pipeline, unit: Unit, manifest: Manifest, opts: RunOptions, summary: RunSummary,
+                last_failed: set[str], todo: list[Unit]) -> None:
+    if opts.overwrite:
+        manifest.clear_done(unit.uid)
+        todo.append(unit)
+    elif pipeline.is_done(unit, manifest):
+        summary.skipped += 1
+    elif opts.retry_failed and unit.uid not in last_failed:
+        summary.pending += 1
+    else:
+        todo.append(unit)
 
 
 def _last_failed(manifest: Manifest) -> set[str]:
