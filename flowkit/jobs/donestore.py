@@ -50,8 +50,11 @@ class DoneStore:
         """A unit's journal file."""
         return Path(self._file(unit_id))
 
+    def _leaf(self, unit_id: str) -> str:
+        return f"{self._name_of(unit_id)}.json"
+
     def _file(self, unit_id: str) -> str:
-        return os.path.join(self._journal_dir, f"{self._name_of(unit_id)}.json")
+        return os.path.join(self._journal_dir, self._leaf(unit_id))
 
     @contextlib.contextmanager
     def bulk_reads(self) -> Iterator[None]:
@@ -74,11 +77,10 @@ class DoneStore:
 
     def read(self, unit_id: str) -> Record | None:
         """A unit's record, or None: not done, cleared, or a corrupt journal file (which means not done)."""
-        file = self._file(unit_id)
         try:
-            if self._names is not None and os.path.basename(file) not in self._names:
-                raise FileNotFoundError(file)
-            with open(file, encoding="utf-8") as fh:
+            if self._names is not None and (not self._names or self._leaf(unit_id) not in self._names):
+                raise FileNotFoundError(unit_id)  # bulk reads: not in the listing of the journal
+            with open(self._file(unit_id), encoding="utf-8") as fh:
                 record = _load(fh.read())
         except FileNotFoundError:
             record = self._index_once().get(unit_id)
@@ -180,12 +182,28 @@ def _read_index(path: Path) -> dict[str, tuple[int, Record]]:
     """One index file: unit -> (run, record); a missing file is empty."""
     out: dict[str, tuple[int, Record]] = {}
     try:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                with contextlib.suppress(ValueError, KeyError, TypeError):
-                    entry = json.loads(line)
-                    record = entry["record"]
-                    out[record["unit"]] = (int(entry["run"]), record)
+        entries = read_json_lines(path)
     except FileNotFoundError:
-        pass
+        return out
+    for entry in entries:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            record = entry["record"]
+            out[record["unit"]] = (int(entry["run"]), record)
     return out
+
+
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file in order; a damaged line (a kill mid-write) is skipped.
+
+    Parsed as one JSON array when every line is whole (one C call: several times faster at 300k lines).
+    """
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    try:
+        parsed = json.loads("[" + text.strip().replace("\n", ",") + "]")
+    except ValueError:  # a damaged or empty line somewhere: line by line
+        parsed = []
+        for line in text.split("\n"):
+            with contextlib.suppress(ValueError):
+                parsed.append(json.loads(line))
+    return [item for item in parsed if isinstance(item, dict)]

@@ -319,12 +319,9 @@ def _select_one(pipeline: Pipeline, unit: Unit, manifest: Manifest, opts: RunOpt
 
 
 def _last_failed(manifest: Manifest) -> set[str]:
-    last: dict[str, bool] = {}
-    for ev in manifest.events():
-        if ev.get("event") in ("done", "failed") and "unit" in ev:
-            # A feature shard is "done" even when some of its videos failed: those count as failed.
-            last[ev["unit"]] = ev["event"] == "failed" or bool(ev.get("failures"))
-    return {uid for uid, failed in last.items() if failed}
+    """Units whose last attempt failed (a feature shard "done" with failed videos counts as failed)."""
+    last = manifest.last_events(kinds=("done", "failed"))
+    return {uid for uid, ev in last.items() if ev.get("event") == "failed" or ev.get("failures")}
 
 
 def run_pipeline(

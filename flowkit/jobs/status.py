@@ -144,23 +144,20 @@ def read_status(out_dir: str | Path) -> StatusReport:
 
 
 def _replay(report: StatusReport, manifest: Manifest, known: set[str]) -> dict[str, str]:
-    """Walk the events in order (run number, then time): the last event of a unit says where it is.
+    """The last event of each unit (by run number, then time) says where it is; totals from all events.
 
     Returns the shard that last worked on each unit.
     """
-    last: dict[str, dict[str, Any]] = {}
-    first = end = None
-    for ev in manifest.events():
-        uid = ev.get("unit")
-        if uid is None or (known and uid not in known):
-            continue
-        last[uid] = ev
-        if "time" in ev:
-            first = ev["time"] if first is None else min(first, ev["time"])
-            end = ev["time"] if end is None else max(end, ev["time"])
-        if ev.get("event") in ("done", "failed"):
+    times: list[float] = []
+
+    def add(ev: dict[str, Any]) -> None:
+        if "time" in ev and (not known or ev.get("unit") in known):
+            times.append(ev["time"])
+        if ev.get("event") in ("done", "failed") and (not known or ev.get("unit") in known):
             report.frames += int(ev.get("frames", 0))
             report.busy_seconds += float(ev.get("seconds", 0.0))
+
+    last = {uid: ev for uid, ev in manifest.last_events(add).items() if not known or uid in known}
     for uid, ev in last.items():
         kind = ev.get("event")
         failures = [tuple(f) for f in ev.get("failures", [])]
@@ -171,6 +168,6 @@ def _replay(report: StatusReport, manifest: Manifest, known: set[str]) -> dict[s
         elif kind == "start" and uid not in report.done:
             holder = report.holders.get(str(ev.get("shard", "")), {})
             report.in_flight[uid] = {"shard": ev.get("shard"), "running": bool(holder.get("alive"))}
-    if first is not None and end is not None:
-        report.span_seconds = end - first
+    if times:
+        report.span_seconds = max(times) - min(times)
     return {uid: str(ev["shard"]) for uid, ev in last.items() if "shard" in ev}
