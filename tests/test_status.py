@@ -202,3 +202,13 @@ def test_a_finished_run_leaves_one_index_file_not_one_file_per_unit(tmp_path):
     assert [p.name for p in (state / "done-index").iterdir()] == ["shard-0-of-1.jsonl"]
     again = run_pipeline(FakePipeline(tmp_path), items(5), tmp_path, RunOptions(quiet=True))
     assert again.skipped == 5 and read_status(tmp_path).exit_code == 0
+
+
+def test_compaction_removes_its_own_killed_temporary(tmp_path):
+    manifest = Manifest(tmp_path)
+    manifest.write_done("a", {"v": 1})
+    folder = tmp_path / ".flowkit" / "done-index"
+    folder.mkdir(parents=True)
+    (folder / ".shard-0-of-1.jsonl.4242.tmp").write_text('{"run": 1, "rec')  # killed mid-write
+    manifest.compact_done(["a"], "shard-0-of-1", run=2)
+    assert [p.name for p in folder.iterdir()] == ["shard-0-of-1.jsonl"]

@@ -15,6 +15,7 @@ file per shard instead of one per unit; a process caches the parsed indexes unti
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -153,11 +154,13 @@ class DoneStore:
         Returns how many records were folded. The index is replaced atomically before any journal file
         is deleted, and a journal file is deleted only if it still holds what was folded.
         """
+        path = self.index_dir / f"{tag}.jsonl"
+        for leftover in self.index_dir.glob(f".{glob.escape(path.name)}.*.tmp"):
+            leftover.unlink(missing_ok=True)  # of a killed compaction of this shard (we hold its lock)
         mine = set(unit_ids)
         journal = {uid: entry for uid, entry in self._journal().items() if uid in mine}
         if not journal:
             return 0
-        path = self.index_dir / f"{tag}.jsonl"
         entries = _read_index(path)
         entries.update({uid: (run, record) for uid, (record, _) in journal.items()})
         lines = (json.dumps({"run": r, "record": rec}, default=str) for r, rec in entries.values())
