@@ -191,7 +191,14 @@ def sweep(spec: dict[str, Any]) -> dict[str, Any]:
 
 if __name__ == "__main__":
     specs = json.loads(Path(sys.argv[1]).read_text())  # a list of SPECs, swept one after the other
-    import flowkit.cli  # noqa: F401 - imported once here, before any fork
+    # Import once here, before any fork, what the commands load lazily (torch, OpenCV, h5py, pipelines):
+    # otherwise every child pays the imports. Importing starts no thread, so forking stays safe.
+    import importlib
+
+    for name in ("flowkit.cli", "torch", "cv2", "h5py", "flowkit.pipelines.flow",
+                 "flowkit.pipelines.features", "flowkit.pipelines.frames", "flowkit.jobs.runner",
+                 "flowkit.jobs.status", "flowkit.models"):
+        importlib.import_module(name)
 
     for spec in specs:
         Path(spec["report"]).write_text(json.dumps(sweep(spec)))
