@@ -7,12 +7,22 @@ Side by side in one run, on the same generated video:
 Then peak RSS of `flowkit extract-flow` on a short and a long video (memory must not grow with length).
 
   python bench/extract_flow.py --size 340x256 --frames 33 --engine tvl1 --device cpu
+
+--pipeline: the non-engine pipeline (decode, resize, gray, quantize, 3 JPEG encodes, writes) with the
+benchmark-only `null` engine, on ONE core (affinity + 1 thread everywhere), for 340x256 output from
+H.264 sources of several sizes. Pairs per CPU-second = pairs/s per core (robust on a busy machine);
+"decode only" is the decoder's own bound; "cores for 1000 pairs/s" is what one GPU at 1000 pairs/s needs.
+Outputs go to /dev/shm when present (a VM disk's file creation can cost more than the encodes).
+
+  python bench/extract_flow.py --pipeline --frames 150 --decoders pyav opencv
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -23,12 +33,16 @@ import cv2
 import numpy as np
 import torch
 
+from flowkit.decoders import DecodeOptions
+from flowkit.errors import FlowkitError
 from flowkit.flow import create_engine
 from flowkit.flow.quantize import quantize
 from flowkit.inputs import VideoItem
 from flowkit.pipelines.flow import FlowConfig, extract_video
-from flowkit.synthetic import moving_video
-from flowkit.video import read_all, to_gray
+from flowkit.synthetic import iter_moving_frames, moving_video, write_video_av
+from flowkit.video import VideoReader, read_all, to_gray
+
+PIPELINE_SOURCES = ((340, 256), (640, 360), (1280, 720), (1920, 1080))
 
 
 def engine_only(engine, gray: np.ndarray, batch: int) -> float:
@@ -84,6 +98,51 @@ def peak_rss_mb(video: Path, out: Path, engine: str) -> float:
     return int(done.stdout.split()[-1]) / 1024
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def pipeline_row(video: Path, out: Path, decoder: str) -> tuple[int, float, float, float]:
+    """(pairs, CPU seconds, wall seconds, decode-only CPU seconds) for 340x256 output with the null engine."""
+    cfg = FlowConfig(algorithm="null", size=(340, 256), decode=DecodeOptions(decoder=decoder))
+    extract_video(VideoItem("warm", video), out / "warm", cfg, "cpu")
+    cpu0, wall0 = cpu_seconds(), time.perf_counter()
+    record = extract_video(VideoItem("v", video), out / "v", cfg, "cpu")
+    cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
+    cpu0 = cpu_seconds()
+    for _ in VideoReader(video, options=cfg.decode):
+        pass
+    return record["flow"], cpu, wall, cpu_seconds() - cpu0
+
+
+def pipeline_table(frames: int, decoders: list[str]) -> None:
+    """Print the non-engine pipeline table (see the module docstring)."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)  # decoder threads follow OpenCV's budget (flowkit.decoders.decode_threads)
+    shm = Path("/dev/shm")
+    with tempfile.TemporaryDirectory(dir=shm if shm.is_dir() else None) as tmp:
+        root = Path(tmp)
+        print(f"# non-engine pipeline, null engine, 340x256 output, {frames}-frame H.264 (libx264, PyAV) "
+              f"sources, 1 core, 1 thread; outputs in {root.parent}")
+        print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+              f"opencv {cv2.__version__}\n")
+        print("| source | decoder | pairs/s per core | decode only, frames/s per core | wall pairs/s "
+              "| cores for 1000 pairs/s |\n|---|---|---|---|---|---|")
+        for w, h in PIPELINE_SOURCES:
+            video = write_video_av(root / f"{w}x{h}.mp4", iter_moving_frames(frames, h, w, 1.3, -0.7))
+            for decoder in decoders:
+                try:
+                    pairs, cpu, wall, dec = pipeline_row(video, root / f"{w}x{h}-{decoder}", decoder)
+                except FlowkitError as exc:  # e.g. torchcodec without FFmpeg's shared libraries
+                    print(f"| {w}x{h} | {decoder} | unavailable: {exc} | | | |")
+                    continue
+                print(f"| {w}x{h} | {decoder} | {pairs / cpu:.0f} | {(pairs + 1) / dec:.0f} | "
+                      f"{pairs / wall:.0f} | {1000 * cpu / pairs:.1f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="340x256")
@@ -93,26 +152,36 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--naive", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--rss-frames", type=int, nargs=2, default=(100, 2000), metavar=("SHORT", "LONG"))
+    ap.add_argument("--source-codec", default="mjpg", choices=["mjpg", "h264"],
+                    help="input video of the engine/e2e comparison: MJPG .avi or H.264 .mp4 (real datasets)")
+    ap.add_argument("--pipeline", action="store_true", help="the non-engine pipeline table (null engine)")
+    ap.add_argument("--decoders", nargs="+", default=["pyav"], choices=["pyav", "opencv", "torchcodec"])
     args = ap.parse_args()
+    if args.pipeline:
+        pipeline_table(args.frames if args.frames != 33 else 150, args.decoders)
+        return
     w, h = (int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        video = moving_video(root / "bench.avi", n=args.frames, height=h, width=w, dx=1.3, dy=-0.7,
-                             fourcc="MJPG")
+        if args.source_codec == "h264":
+            video = write_video_av(root / "bench.mp4", iter_moving_frames(args.frames, h, w, 1.3, -0.7))
+        else:
+            video = moving_video(root / "bench.avi", n=args.frames, height=h, width=w, dx=1.3, dy=-0.7,
+                                 fourcc="MJPG")
         frames, _ = read_all(video)
         gray = np.stack([to_gray(f.image) for f in frames])
         pairs = len(gray) - 1
         engine = create_engine(args.engine, device=args.device)
         engine(gray[:2], gray[1:3])  # warm-up (compilation, allocations)
-        cfg = FlowConfig(algorithm=args.engine, batch_size=args.batch_size)
+        cfg = FlowConfig(algorithm=args.engine, batch_size=args.batch_size, device=args.device)
         flowkit_e2e(video, root / "warm", cfg, args.device)
         t_engine = engine_only(engine, gray, args.batch_size)
         t_e2e = flowkit_e2e(video, root / "e2e", cfg, args.device)
         rows = [("engine only", t_engine), ("flowkit extract (decode+flow+write)", t_e2e)]
         if args.naive:
             rows.append(("naive loop (cv2 decode, cv2.optflow, imwrite)", naive_loop(video, root / "naive")))
-        print(f"# extract-flow, {w}x{h}, {pairs} pairs, engine {args.engine} on {args.device}, "
-              f"batch {args.batch_size}")
+        print(f"# extract-flow, {w}x{h} {args.source_codec} source, {pairs} pairs, engine {args.engine} on "
+              f"{args.device}, batch {args.batch_size}")
         print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
               f"torch {torch.__version__}, opencv {cv2.__version__}\n")
         print("| pipeline | seconds | pairs/s | vs engine only |\n|---|---|---|---|")

@@ -24,10 +24,25 @@ def _versions() -> list[tuple[str, str]]:
             ("joblib", joblib.__version__)]
 
 
+def _threads(threads: int | None, jobs: int) -> list[tuple[str, str]]:
+    """The thread budget a run would use here, why, and the OpenMP wait policy."""
+    from flowkit.threads import OPENMP_ENV, apply_budget, derive_budget
+
+    budget = derive_budget(threads, jobs)
+    apply_budget(budget)
+    import torch
+
+    omp = ", ".join(f"{k}={os.environ.get(k, '(unset)')}" for k in OPENMP_ENV)
+    return [("cpu cores (node)", f"{os.cpu_count()} (not used for the budget)"),
+            ("thread budget", budget.describe()),
+            ("torch / cv2 threads", f"{torch.get_num_threads()} / {cv2.getNumThreads()}"),
+            ("openmp", f"{omp} (read when torch loads; override in the environment)")]
+
+
 def _devices() -> list[tuple[str, str]]:
     import torch
 
-    rows = [("cpu cores", str(os.cpu_count())), ("torch threads", str(torch.get_num_threads()))]
+    rows = []
     if torch.cuda.is_available():
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         rows.append(("cuda devices", "; ".join(f"cuda:{i} {n}" for i, n in enumerate(names))))
@@ -56,6 +71,6 @@ def _decode_check() -> tuple[str, str]:
     return "decode a generated clip", "ok (5/5 frames)" if ok else f"FAILED: {len(frames)}/5 frames"
 
 
-def report() -> list[tuple[str, str]]:
-    """(name, value) rows describing this installation."""
-    return _versions() + _devices() + [_decode_check()]
+def report(threads: int | None = None, jobs: int = 1) -> list[tuple[str, str]]:
+    """(name, value) rows describing this installation (and the thread budget for --threads/--jobs)."""
+    return _versions() + _threads(threads, jobs) + _devices() + [_decode_check()]

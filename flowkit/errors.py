@@ -31,8 +31,8 @@ class CheckpointError(FlowkitError):
         super().__init__(f"{self.path}: {cause}")
 
 
-class EngineUnavailableError(FlowkitError):
-    """A flow engine or device that this installation cannot provide."""
+class EngineUnavailableError(ConfigError):
+    """A flow engine or device that this installation cannot provide (a config error: exit code 2)."""
 
 
 class ManifestError(FlowkitError):

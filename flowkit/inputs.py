@@ -92,10 +92,17 @@ def _read_list(list_file: Path) -> list[VideoItem]:
     return items
 
 
-def discover(input_path: str | Path) -> list[VideoItem]:
-    """List the videos of INPUT, sorted by video id; raises ConfigError on duplicate ids or no input."""
+def discover(input_path: str | Path, input_frames: bool = False) -> list[VideoItem]:
+    """List the videos of INPUT, sorted by video id; raises ConfigError on duplicate ids or no input.
+
+    With `input_frames`, each folder of images under INPUT is one video (flowkit.framefolder).
+    """
     root = Path(input_path)
-    if root.is_dir() and not _is_video_name(root.name):
+    if input_frames:
+        from flowkit.framefolder import discover_frame_folders
+
+        items = discover_frame_folders(root)
+    elif root.is_dir() and not _is_video_name(root.name):
         items = _walk(root)
     elif _is_video_name(root.name):
         items = [_file_item(root, root.parent)]

@@ -6,6 +6,7 @@ always at hand without downloading anything.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -77,3 +78,23 @@ def moving_video(
 ) -> Path:
     """Write a video of a texture moving by (dx, dy) px per frame; returns its path."""
     return write_video(path, iter_moving_frames(n, height, width, dx, dy, seed), fps, fourcc)
+
+
+def write_video_av(
+    path: str | Path, frames: Iterable[np.ndarray], fps: int = 25, codec: str = "libx264"
+) -> Path:
+    """Encode BGR frames with PyAV (H.264 by default, what real datasets hold); frames are consumed lazily."""
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stream_frames = iter(frames)
+    first = next(stream_frames)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.height, stream.width = first.shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for image in itertools.chain([first], stream_frames):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")))
+        container.mux(stream.encode())
+    return path

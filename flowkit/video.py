@@ -1,5 +1,8 @@
 """Open, probe and decode videos sequentially: BGR uint8 frames with stream timestamps, bounded memory.
 
+The decoder backends live in flowkit.decoders (pyav by default; opencv; torchcodec); frame folders in
+flowkit.framefolder.
+
 Frame i is the i-th decoded frame; the frame count is what was decoded (never CAP_PROP_FRAME_COUNT, which is
 wrong on VFR/MKV files); timestamps come from the stream (CAP_PROP_POS_MSEC is the PTS of the frame just
 decoded), not i/fps. Seeking is never used.
@@ -8,7 +11,6 @@ decoded), not i/fps. Seeking is never used.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from flowkit.decoders import Backend, DecodeOptions, VideoInfo, open_backend
 from flowkit.errors import ConfigError, VideoError
 
 log = logging.getLogger("flowkit")
@@ -85,17 +88,6 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
-class VideoInfo:
-    """What the container header says; header_frames and fps may be wrong and are informative only."""
-
-    path: str
-    width: int
-    height: int
-    fps: float
-    header_frames: int
-
-
-@dataclass(frozen=True)
 class Frame:
     """One decoded frame: its index, its stream timestamp in seconds, and the (resized) BGR image."""
 
@@ -109,46 +101,41 @@ def to_gray(bgr: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
 
 
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise VideoError(path, "file not found")
-    if path.is_dir():
-        raise VideoError(path, "is a directory, not a video file")
-    if not os.access(path, os.R_OK):
-        raise VideoError(path, "permission denied (file is not readable)")
-    if path.stat().st_size == 0:
-        raise VideoError(path, "empty file (0 bytes)")
-
-
-def _open(path: Path) -> cv2.VideoCapture:
-    _check_file(path)
-    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
-    if not cap.isOpened():
-        cap.release()
-        raise VideoError(
-            path, "not a video or unreadable container (the decoder could not open it)"
-        )
-    return cap
-
-
-def _header(cap: cv2.VideoCapture, path: Path) -> VideoInfo:
-    return VideoInfo(
-        path=str(path),
-        width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
-        height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
-        fps=float(cap.get(cv2.CAP_PROP_FPS) or 0.0),
-        header_frames=int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0),
-    )
-
-
-def probe(path: str | Path) -> VideoInfo:
+def probe(path: str | Path, options: DecodeOptions | None = None) -> VideoInfo:
     """Read the header of a video; raises VideoError naming the file when it cannot be opened."""
-    path = Path(path)
-    cap = _open(path)
+    backend = open_backend(Path(path), options or DecodeOptions())
     try:
-        return _header(cap, path)
+        return backend.info
     finally:
-        cap.release()
+        backend.close()
+
+
+# A decode is truncated when it ends below this share of the header's count and this many frames short.
+TRUNCATED_SHARE = 0.9
+TRUNCATED_MIN_MISSING = 3
+
+
+def decode_shortfall(decoded: int, header: int, errors: int) -> str | None:
+    """Why a finished decode is suspect (None if it is not): far short of the header, or decoder errors.
+
+    Short means fewer than 90 % of the header's frame count and at least 3 frames missing (headers are
+    estimates on some containers, so a frame or two off is normal and only a warning).
+    """
+    short = header > 0 and decoded < TRUNCATED_SHARE * header and header - decoded >= TRUNCATED_MIN_MISSING
+    if not short and not errors:
+        return None
+    parts = [f"decoded {decoded} of {header} frames the header announces" if header > 0
+             else f"decoded {decoded} frames"]
+    if errors:
+        parts.append(f"{errors} decode error(s), corrupt data skipped")
+    return "truncated or corrupt video: " + ", ".join(parts)
+
+
+def check_size(path: Path, width: int, height: int, max_pixels: int) -> None:
+    """Refuse frames above the size cap (from the header, before any frame is allocated)."""
+    if width * height > max_pixels:
+        raise VideoError(path, f"frame size {width}x{height} exceeds --max-pixels {max_pixels} "
+                               f"({width * height} pixels); raise --max-pixels to decode it")
 
 
 @dataclass
@@ -156,40 +143,43 @@ class VideoReader:
     """Sequential decoder: iterate it for Frames; afterwards `num_frames` is the decoded count.
 
     Memory stays bounded: one frame is held at a time. Raises VideoError when the file cannot be
-    opened or yields no decodable frame.
+    opened, yields no decodable frame, claims frames above `options.max_pixels`, or (unless
+    `options.allow_truncated`) ends far short of its header or with decoder errors; an accepted
+    shortfall is kept in `truncated`.
     """
 
     path: Path
     resize: Resize = field(default_factory=Resize)
+    options: DecodeOptions = field(default_factory=DecodeOptions)
     info: VideoInfo | None = None
     num_frames: int = 0
     warnings: list[str] = field(default_factory=list)
+    truncated: str | None = None
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
 
     def __iter__(self) -> Iterator[Frame]:
-        cap = _open(self.path)
+        backend = open_backend(self.path, self.options)
         try:
-            self.info = _header(cap, self.path)
-            yield from self._decode(cap)
+            self.info = backend.info
+            check_size(self.path, self.info.width, self.info.height, self.options.max_pixels)
+            yield from self._decode(backend)
+            errors = backend.errors
         finally:
-            cap.release()
-        self._check_count()
+            backend.close()
+        self._check_count(errors)
 
-    def _decode(self, cap: cv2.VideoCapture) -> Iterator[Frame]:
+    def _decode(self, backend: Backend) -> Iterator[Frame]:
         fps = self.info.fps if self.info and self.info.fps > 0 else 0.0
         last_ts = -1.0
         self.num_frames = 0
-        while True:
-            ok, image = cap.read()
-            if not ok or image is None:
-                break
-            ts = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-            if ts < last_ts or (ts == last_ts and self.num_frames > 0):
+        for image, ts in backend.frames():
+            if ts is None or ts < last_ts or (ts == last_ts and self.num_frames > 0):
                 # Some containers report no PTS; fall back to the nominal rate for this frame only.
-                ts = last_ts + (1.0 / fps if fps > 0 else 0.0)
+                ts = last_ts + (1.0 / fps if fps > 0 else 0.0) if self.num_frames else 0.0
             last_ts = ts
+            check_size(self.path, image.shape[1], image.shape[0], self.options.max_pixels)
             if image.ndim == 2:
                 image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
             yield Frame(self.num_frames, ts, self.resize.apply(image))
@@ -197,39 +187,56 @@ class VideoReader:
         if self.num_frames == 0:
             raise VideoError(self.path, "no decodable frames")
 
-    def _check_count(self) -> None:
+    def _check_count(self, errors: int) -> None:
         header = self.info.header_frames if self.info else 0
-        if header > 0 and header != self.num_frames:
+        self.truncated = accept_shortfall(self.path, self.num_frames, header, errors, self.options)
+        if self.truncated is None and header > 0 and header != self.num_frames:
             msg = f"header says {header} frames, decoded {self.num_frames}"
             self.warnings.append(msg)
             log.warning("%s: %s", self.path, msg)
 
 
-def read_all(path: str | Path, resize: Resize | None = None) -> tuple[list[Frame], VideoReader]:
+def accept_shortfall(path: Path, decoded: int, header: int, errors: int,
+                     options: DecodeOptions) -> str | None:
+    """Raise on a truncated decode unless allowed; returns the accepted shortfall (logged) or None."""
+    why = decode_shortfall(decoded, header, errors)
+    if why is None:
+        return None
+    if not options.allow_truncated:
+        raise VideoError(path, f"{why} (--allow-truncated accepts it)")
+    log.warning("%s: %s (accepted: --allow-truncated)", path, why)
+    return why
+
+
+def read_all(path: str | Path, resize: Resize | None = None,
+             options: DecodeOptions | None = None) -> tuple[list[Frame], VideoReader]:
     """Decode a whole (short) video into memory; for tests and tiny clips only."""
-    reader = VideoReader(Path(path), resize or Resize())
+    reader = VideoReader(Path(path), resize or Resize(), options or DecodeOptions())
     return list(reader), reader
 
 
-def scan_timestamps(path: str | Path) -> tuple[np.ndarray, VideoInfo]:
+def scan_timestamps(path: str | Path, options: DecodeOptions | None = None) -> tuple[np.ndarray, VideoInfo]:
     """Decode every frame without converting it and return the stream timestamps (seconds) and header.
 
     Samplers that need the count or timestamps before choosing (fps, uniform, TSN) run this pass first;
-    it costs a decode but keeps memory bounded, unlike holding the whole video.
+    it costs a decode but keeps memory bounded, unlike holding the whole video. The size cap and the
+    truncation policy apply here too, so a bad video fails before the second pass.
     """
-    path = Path(path)
-    cap = _open(path)
+    path, options = Path(path), options or DecodeOptions()
+    backend = open_backend(path, options)
     try:
-        info = _header(cap, path)
+        info = backend.info
+        check_size(path, info.width, info.height, options.max_pixels)
         stamps: list[float] = []
         step = 1.0 / info.fps if info.fps > 0 else 0.0
-        while cap.grab():
-            ts = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-            if stamps and ts <= stamps[-1]:
-                ts = stamps[-1] + step
+        for _, ts in backend.frames(convert=False):
+            if ts is None or (stamps and ts <= stamps[-1]):
+                ts = stamps[-1] + step if stamps else 0.0
             stamps.append(ts)
+        errors = backend.errors
     finally:
-        cap.release()
+        backend.close()
     if not stamps:
         raise VideoError(path, "no decodable frames")
+    accept_shortfall(path, len(stamps), info.header_frames, errors, options)
     return np.asarray(stamps, dtype=np.float64), info

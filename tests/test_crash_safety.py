@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from flowkit.cli import main
 from flowkit.jobs.manifest import Manifest
 from flowkit.outputs.hdf5 import load_index, read_video, verify_shard
+from flowkit.pipelines.featureshards import ShardParts
 
 TEMP_MARKERS = (".tmp", ".old-", ".prev")
 
@@ -139,9 +140,9 @@ def test_features_survive_sigkill(make_video, tmp_path, weights):
         assert got["datasets"].keys() == want["datasets"].keys()
         for name, array in want["datasets"].items():
             assert (got["datasets"][name] == array).all(), (vid, name)
-    records = Manifest(out).all_done()
-    assert sorted(r["unit"] for r in records) == sorted(set(index.values()))
-    assert all(r["failed"] == [] for r in records)
-    assert json.loads((out / ".flowkit" / "units.json").read_text())["units"] == sorted(
-        set(index.values())
-    )
+    records = Manifest(out).all_done()  # units are videos, grouped into shards afterwards
+    assert sorted(r["unit"] for r in records) == sorted(index)
+    assert json.loads((out / ".flowkit" / "units.json").read_text())["units"] == sorted(index)
+    parts = ShardParts(Manifest(out))
+    assert all(parts.read_record(s)["failed"] == [] for s in set(index.values()))
+    assert not list(parts.root.glob("parts/*"))  # every part went into its shard

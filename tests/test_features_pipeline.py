@@ -252,10 +252,12 @@ def test_rerun_after_failure_reuses_finished_videos(videos, tmp_path):
     before = read_video(shard, "a/long")["datasets"]["features"]
     bad.unlink()
     second = run("features", videos, "-o", out, "--model", "c3d_test", "--random-weights")
-    assert second.exit_code == 0 and "done 1" in second.output
+    # Nothing to recompute: the shard is only rebuilt without the removed video.
+    assert second.exit_code == 0 and "done 0, skipped 3" in second.output
+    assert list_videos(shard) == ["a/long", "a/mid", "b/short"]
     np.testing.assert_array_equal(read_video(shard, "a/long")["datasets"]["features"], before)
     third = run("features", videos, "-o", out, "--model", "c3d_test", "--random-weights")
-    assert "done 0, skipped 1" in third.output
+    assert "done 0, skipped 3" in third.output
 
 
 def test_npy_format_and_merge(videos, tmp_path):
@@ -307,3 +309,91 @@ def test_config_errors_are_one_line(videos, tmp_path):
         ],
     )
     assert result.exit_code == 2 and "at least 9 frames" in result.output
+
+
+def test_units_are_videos_and_two_jobs_start_two_workers(make_video, tmp_path):
+    for k in range(4):
+        make_video(f"in/v{k}.mp4", n=16, seed=k)
+    out = tmp_path / "out"
+    args = ["features", tmp_path / "in", "-o", out, "--model", "c3d_test", "--random-weights"]
+    result = run(*args, "-j", "2", "--backend", "threading")
+    assert result.exit_code == 0, result.output
+    assert "done 4, skipped 0" in result.output  # 4 videos, one shard
+    assert list_videos(out / "c3d_test-00000-of-00001.h5") == ["v0", "v1", "v2", "v3"]
+    logs = {p.name for p in (out / ".flowkit" / "events").iterdir() if '"start"' in p.read_text()}
+    assert len(logs) == 2  # both workers took videos
+    status = run("status", out)
+    assert "units: 4 total, 4 done" in status.output
+
+
+def test_flow_dir_at_another_size_is_refused_or_rescaled(make_video, tmp_path):
+    make_video("in/v.mp4", n=12, dx=1.5, dy=0.5, height=64, width=64)
+    flows = tmp_path / "flows"
+    assert run("extract-flow", tmp_path / "in", "-o", flows, "-a", "dis", "--format", "h5").exit_code == 0
+    common = ["--model", "i3d_test", "--random-weights", "--stream", "flow", "--clip-len", "9"]
+    refused = run("features", tmp_path / "in", "-o", tmp_path / "x", *common, "--flow-dir", flows)
+    assert refused.exit_code == 2
+    assert "extracted at native size" in refused.output and "--short-side 128" in refused.output
+    computed = run("features", tmp_path / "in", "-o", tmp_path / "c", *common, "--flow-algorithm", "dis")
+    rescaled = run("features", tmp_path / "in", "-o", tmp_path / "r", *common, "--flow-dir", flows,
+                   "--flow-rescale")
+    assert computed.exit_code == rescaled.exit_code == 0, rescaled.output
+    assert "flow resized from 64x64 to 128x128, vectors scaled by (2.000, 2.000)" in rescaled.output
+    want = read_video(tmp_path / "c" / "i3d_test-00000-of-00001.h5", "v")["datasets"]["features"]
+    got = read_video(tmp_path / "r" / "i3d_test-00000-of-00001.h5", "v")["datasets"]["features"]
+    # Measured: 4 % rescaled; 48 % when the vectors are resized without scaling them (the old bug).
+    assert np.abs(got - want).max() <= 0.1 * np.abs(want).max()
+
+
+def test_flow_dir_quantized_with_a_tighter_bound_is_refused(make_video, tmp_path):
+    make_video("in/v.mp4", n=4, height=32, width=32)
+    flows = tmp_path / "flows"
+    args = ["extract-flow", tmp_path / "in", "-o", flows, "-a", "dis", "--short-side", "128", "--bound", "10"]
+    assert run(*args).exit_code == 0
+    common = ["--model", "i3d_test", "--random-weights", "--stream", "flow", "--flow-dir", flows]
+    refused = run("features", tmp_path / "in", "-o", tmp_path / "x", *common)
+    assert refused.exit_code == 2 and "quantized with --bound 10" in refused.output
+    assert "re-extract with --bound 20" in refused.output
+
+
+def test_the_worker_that_settles_a_shards_last_video_assembles_it(make_video, tmp_path):
+    from flowkit.inputs import discover
+    from flowkit.jobs.manifest import Manifest
+    from flowkit.pipelines.features import FeaturesConfig, FeaturesPipeline
+
+    for k in range(3):
+        make_video(f"in/v{k}.mp4", n=16, seed=k)
+    (tmp_path / "in" / "v3.mp4").write_bytes(b"broken" * 50)
+    out = tmp_path / "out"
+    pipe = FeaturesPipeline(FeaturesConfig(model="c3d_test", random_weights=True, videos_per_shard=2), out)
+    units = pipe.make_units(discover(tmp_path / "in"))
+    manifest = Manifest(out)
+    manifest.open_job("features", pipe.output_config(), False)
+    manifest.write_units([u.uid for u in units])
+    first, second = (out / f"c3d_test-0000{k}-of-00002.h5" for k in range(2))
+    assert pipe.process(units[1], manifest).status == "done" and not first.exists()  # v0 not done yet
+    assert pipe.process(units[0], manifest).status == "done" and list_videos(first) == ["v0", "v1"]
+    assert pipe.process(units[3], manifest).status == "failed" and not second.exists()
+    assert pipe.process(units[2], manifest).status == "done" and list_videos(second) == ["v2"]
+    assert not list((out / ".flowkit" / "features" / "parts").iterdir())
+
+
+def test_a_run_stopped_before_assembly_resumes_without_recomputing(videos, tmp_path, monkeypatch):
+    from flowkit.pipelines.featureshards import ShardParts
+
+    args = ["features", videos, "--model", "c3d_test", "--random-weights"]
+    assert run(*args, "-o", tmp_path / "ref").exit_code == 0
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:  # as if killed after every video, before any shard was written
+        patch.setattr(ShardParts, "sync", lambda self, shard, members: [])
+        assert run(*args, "-o", out).exit_code == 0
+    shard = "c3d_test-00000-of-00001.h5"
+    assert not (out / shard).exists() and len(list((out / ".flowkit/features/parts").iterdir())) == 3
+    (out / f"{shard}.tmp").write_bytes(b"half a shard")
+    again = run(*args, "-o", out)
+    assert again.exit_code == 0 and "done 0, skipped 3" in again.output
+    assert not (out / f"{shard}.tmp").exists() and not list((out / ".flowkit/features/parts").iterdir())
+    for vid in ("a/long", "a/mid", "b/short"):
+        want = read_video(tmp_path / "ref" / shard, vid)["datasets"]
+        got = read_video(out / shard, vid)["datasets"]
+        assert want.keys() == got.keys() and all((want[k] == got[k]).all() for k in want)

@@ -20,7 +20,8 @@ def _seed():
 
 
 def test_registry_lists_models_and_rejects_unknown():
-    assert {"c3d", "i3d", "c3d_test", "i3d_test"} <= set(list_models())
+    assert {"c3d", "i3d", "c3d_test", "i3d_test"} <= set(list_models(include_test=True))
+    assert {"c3d", "i3d"} <= set(list_models()) and not {"c3d_test", "i3d_test"} & set(list_models())
     with pytest.raises(ConfigError, match="unknown model"):
         get_model_spec("resnet")
     with pytest.raises(ConfigError, match="no 'flow' stream"):

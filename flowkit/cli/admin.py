@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from flowkit.cli.common import handle_errors
+from flowkit.cli.common import given_threads, handle_errors, threads_option
 
 
 @click.command("status")
@@ -48,8 +48,25 @@ def status(out_dir: Path) -> None:
     default=None,
     help="Features: merged file (default OUT/merged.h5).",
 )
+@click.option(
+    "--classes",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Frames/flow: label the lists with this class map (see extract-flow --classes).",
+)
+@click.option(
+    "--split-file",
+    "split_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Frames/flow: also write list_<kind>_<split>.txt per split of this file (repeatable): UCF101/HMDB51 "
+    "trainlist01.txt / testlist01.txt, HMDB51 <class>_test_split1.txt, or a Kinetics CSV "
+    "(label,youtube_id,time_start,time_end,split).",
+)
 @handle_errors
-def merge(out_dir: Path, virtual: bool, dest: Path | None) -> None:
+def merge(
+    out_dir: Path, virtual: bool, dest: Path | None, classes: str | None, split_files: tuple[str, ...]
+) -> None:
     """Combine the outputs of all shards of a job: one HDF5 (features), or the annotation lists.
 
     \b
@@ -57,10 +74,12 @@ def merge(out_dir: Path, virtual: bool, dest: Path | None) -> None:
       flowkit merge out/c3d                  # copy every shard into out/c3d/merged.h5
       flowkit merge out/c3d --virtual        # a virtual dataset (checks every shard first)
       flowkit merge out/flow                 # rebuild list_rgb.txt / list_flow.txt from all shards
+      flowkit merge out/flow --classes classInd.txt   # relabel them with a published class map
+      flowkit merge out/flow --classes classInd.txt --split-file trainlist01.txt --split-file testlist01.txt
     """
     from flowkit.pipelines.merge import merge_job
 
-    for path in merge_job(out_dir, virtual=virtual, dest=dest):
+    for path in merge_job(out_dir, virtual=virtual, dest=dest, classes=classes, split_files=split_files):
         click.echo(f"wrote {path}")
 
 
@@ -81,16 +100,21 @@ def inspect_cmd(path: Path, max_videos: int) -> None:
 
 
 @click.command("doctor")
-def doctor() -> None:
-    """Print versions, CUDA devices, OpenCV capabilities and a decode check of a generated clip.
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Show the thread split for this many workers.")
+@threads_option
+@handle_errors
+def doctor(jobs: int) -> None:
+    """Print versions, the thread budget and why, CUDA devices, OpenCV capabilities and a decode check.
 
     \b
-    Example:
+    Examples:
       flowkit doctor
+      flowkit doctor --jobs 4        # how the cores would be split across 4 workers
     """
     from flowkit.doctor import report
 
-    rows = report()
+    rows = report(given_threads(), jobs)
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         click.echo(f"{name.ljust(width)}  {value}")

@@ -68,8 +68,36 @@ def _slurm_shard() -> tuple[int, int]:
     return task // step, int(env["SLURM_ARRAY_TASK_COUNT"])
 
 
+THREADS_HELP = ("CPU threads for the whole run, split across the --jobs workers.  [default: the cores this "
+                "process may use: affinity mask, cgroup CPU quota, SLURM_CPUS_PER_TASK; see flowkit doctor]")
+
+
+def threads_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--threads N: kept in the click context (run_options and thread_budget read it), not a parameter."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, threads: int | None = None, **kwargs: Any) -> Any:
+        click.get_current_context().meta["flowkit.threads"] = threads
+        return func(*args, **kwargs)
+
+    return click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)(wrapper)
+
+
+def given_threads() -> int | None:
+    """The --threads of the running command (None: derive the budget)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get("flowkit.threads") if ctx is not None else None
+
+
+def thread_budget(workers: int = 1) -> Any:
+    """Derive and apply the thread budget of a command that computes outside the runner."""
+    from flowkit.threads import set_thread_budget
+
+    return set_thread_budget(given_threads(), workers)
+
+
 def batch_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Options every batch command shares: parallelism, backend, shard, resume policy, quiet."""
+    """Options every batch command shares: parallelism, threads, backend, shard, resume policy, quiet."""
     decorators = [
         click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
                      help="Output folder (created; holds .flowkit/ with the resumable manifest)."),
@@ -83,6 +111,7 @@ def batch_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--overwrite", is_flag=True, help="Redo everything, even with a different config."),
         click.option("--retry-failed", is_flag=True, help="Rerun only the units that failed last time."),
         click.option("-q", "--quiet", is_flag=True, help="No progress bar, warnings only."),
+        threads_option,
     ]
     for decorator in reversed(decorators):
         func = decorator(func)
@@ -95,7 +124,8 @@ def run_options(jobs: int, backend: str, scheduler: str | None, shard: str | Non
     from flowkit.jobs.runner import RunOptions
 
     return RunOptions(jobs=jobs, backend=backend, scheduler=scheduler, shard=parse_shard(shard),
-                      overwrite=overwrite, retry_failed=retry_failed, quiet=quiet, devices=devices)
+                      overwrite=overwrite, retry_failed=retry_failed, quiet=quiet, devices=devices,
+                      threads=given_threads())
 
 
 def finish(summary: Any) -> None:
@@ -108,3 +138,38 @@ def finish(summary: Any) -> None:
 def drop_unset(**values: Any) -> dict[str, Any]:
     """Options the user did not give stay None on the CLI; the library's config fills the defaults."""
     return {k: v for k, v in values.items() if v is not None}
+
+
+# -- how videos are read (every command that decodes: extract-flow, sample-frames, features) ------------
+DECODE_KEYS = ("decoder", "allow_truncated", "max_pixels", "input_frames", "frames_fps")
+
+
+def decode_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--decoder, --allow-truncated, --max-pixels, --input-frames, --frames-fps (flowkit.decoders)."""
+    decorators = [
+        click.option("--decoder", type=click.Choice(["auto", "pyav", "opencv", "torchcodec"]), default=None,
+                     help="Video decoder; auto = pyav (FFmpeg, goes on past corrupt packets), torchcodec "
+                          "(NVDEC) when decoding for CUDA. Recorded in the job.  [default: auto]"),
+        click.option("--allow-truncated", is_flag=True, default=None,
+                     help="Accept videos that decode far short of their header or with decoder errors "
+                          "(noted in the done record) instead of failing them."),
+        click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+                     help="Refuse videos whose frames exceed this many pixels (from the header, before "
+                          "decoding).  [default: 35389440 = 8192x4320]"),
+        click.option("--input-frames", is_flag=True, default=None,
+                     help="INPUT holds folders of extracted frames: each folder of images is one video "
+                          "(images in natural name order)."),
+        click.option("--frames-fps", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Frame rate of --input-frames folders (timestamps k/fps).  [default: 30]"),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def pop_decode_options(values: dict[str, Any], device: str = "cpu") -> Any:
+    """Take the decode options out of a command's keyword arguments into a DecodeOptions."""
+    from flowkit.decoders import DecodeOptions
+
+    given = drop_unset(**{k: values.pop(k, None) for k in DECODE_KEYS})
+    return DecodeOptions(**given, device=device)

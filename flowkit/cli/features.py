@@ -7,8 +7,19 @@ from typing import Any
 
 import click
 
-from flowkit.cli.common import batch_options, drop_unset, finish, handle_errors, run_options, setup_logging
-from flowkit.pipelines.features import COMBINES, STREAMS
+from flowkit.choices import FEATURE_COMBINES as COMBINES
+from flowkit.choices import FEATURE_STREAMS as STREAMS
+from flowkit.choices import FLOW_ALGORITHMS
+from flowkit.cli.common import (
+    batch_options,
+    decode_options,
+    drop_unset,
+    finish,
+    handle_errors,
+    pop_decode_options,
+    run_options,
+    setup_logging,
+)
 
 
 @click.command("features")
@@ -64,13 +75,15 @@ from flowkit.pipelines.features import COMBINES, STREAMS
     "--c3d-mode",
     type=click.Choice(["caffe", "davidea"]),
     default=None,
-    help="caffe: exact C3D v1.0 pool5; davidea: pool5 padding of the popular PyTorch port.",
+    help="caffe: facebook/C3D v1.0 (BGR, 171x128, Sports-1M mean, unpadded pool5); davidea: the preset of "
+    "DavideA/c3d-pytorch's predict.py (pool5 padding, RGB, no mean, 112x200 resize, centre crop).",
 )
 @click.option(
     "--i3d-compat",
     type=click.Choice(["tf", "video_features"]),
     default=None,
-    help="tf: TF-exact (BN eps 1e-3, SAME padding); video_features: that tool's numbers.",
+    help="tf: TF-exact (BN eps 1e-3, SAME padding); video_features: that tool's network (its flow "
+    "stream is RAFT flow; flowkit's is --flow-algorithm, TV-L1 by default).",
 )
 @click.option(
     "--mean-file",
@@ -79,13 +92,25 @@ from flowkit.pipelines.features import COMBINES, STREAMS
     help="C3D: full Sports-1M mean volume (.binaryproto or .npy) instead of per-channel means.",
 )
 @click.option(
-    "--flow-algorithm", default=None, help="Engine for the I3D flow stream (auto: the faster TV-L1 here)."
+    "--flow-algorithm",
+    type=click.Choice(FLOW_ALGORITHMS),
+    default=None,
+    help="Engine computing the I3D flow stream (extract-flow's --algorithm names; auto: the faster TV-L1 "
+    "here). Only when flow is computed (--stream flow|both without --flow-dir).  [default: auto]",
 )
 @click.option(
     "--flow-dir",
     type=click.Path(exists=True, file_okay=False),
     default=None,
-    help="Read the I3D flow from this extract-flow output (same video ids) instead of computing it.",
+    help="Read the I3D flow from this extract-flow output (same video ids) instead of computing it; it "
+    "must have been extracted at the model's short side (i3d: --short-side 256).",
+)
+@click.option(
+    "--flow-rescale",
+    is_flag=True,
+    default=None,
+    help="With --flow-dir: resize flow stored at another size to the model's (u, v scaled with the frame) "
+    "instead of refusing it.",
 )
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default=None, help="[default: float32]")
 @click.option(
@@ -118,6 +143,7 @@ from flowkit.pipelines.features import COMBINES, STREAMS
     default=None,
     help="Autocast precision on GPU.  [default: none]",
 )
+@decode_options
 @handle_errors
 def features(
     input_path: Path,
@@ -151,7 +177,8 @@ def features(
 
     setup_logging(quiet)
     engine_device, devices = parse_devices(device or "auto")
-    cfg = FeaturesConfig(**drop_unset(format=fmt, **options), device=engine_device)
+    decode = pop_decode_options(options, devices[0] if devices else engine_device)
+    cfg = FeaturesConfig(**drop_unset(format=fmt, **options), device=engine_device, decode=decode)
     if cfg.random_weights:
         click.echo(
             "WARNING: --random-weights: the features are meaningless (smoke test / benchmark only)", err=True
@@ -159,4 +186,5 @@ def features(
     opts = run_options(
         max(jobs, len(devices)), backend, scheduler, shard, overwrite, retry_failed, quiet, devices
     )
-    finish(run_pipeline(FeaturesPipeline(cfg, out_dir), discover(input_path), out_dir, opts))
+    items = discover(input_path, input_frames=decode.input_frames)
+    finish(run_pipeline(FeaturesPipeline(cfg, out_dir), items, out_dir, opts))

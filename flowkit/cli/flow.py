@@ -9,11 +9,20 @@ from typing import Any
 
 import click
 
-from flowkit.cli.common import batch_options, drop_unset, finish, handle_errors, run_options, setup_logging
-from flowkit.cli.frames import geometry_options, make_resize_kwargs
-from flowkit.outputs.flowfiles import FLOW_FORMATS
-from flowkit.outputs.rawframes import LAYOUTS
-from flowkit.pipelines.flow import ALGORITHMS
+from flowkit.choices import FLOW_ALGORITHMS, FLOW_FORMATS, LAYOUT_NAMES
+from flowkit.cli.common import (
+    batch_options,
+    decode_options,
+    drop_unset,
+    finish,
+    handle_errors,
+    pop_decode_options,
+    run_options,
+    setup_logging,
+    thread_budget,
+    threads_option,
+)
+from flowkit.cli.frames import CLASSES_HELP, geometry_options, make_resize_kwargs
 
 
 def _tvl1_fields() -> list[dataclasses.Field]:
@@ -32,17 +41,30 @@ def _option_type(f: dataclasses.Field, annotation: Any) -> click.ParamType:
     return click.FloatRange(**bounds)
 
 
-def tvl1_options(func: Any) -> Any:
+def tvl1_options() -> list[click.Option]:
     """One CLI option per TVL1Params field (built from the dataclass: one source of defaults/bounds)."""
     from flowkit.flow.tvl1 import TVL1Params
 
     hints = typing.get_type_hints(TVL1Params)
-    for f in reversed(_tvl1_fields()):
+    options = []
+    for f in _tvl1_fields():
         flag = "--" + f.name.rstrip("_").replace("_", "-")
         help_text = f"TV-L1: {f.metadata.get('help', '')}  [default: {f.default}]"
-        func = click.option(flag, f.name, type=_option_type(f, hints[f.name]), default=None,
-                            help=help_text)(func)
-    return func
+        options.append(click.Option([flag, f.name], type=_option_type(f, hints[f.name]), default=None,
+                                    help=help_text))
+    return options
+
+
+class TVL1Command(click.Command):
+    """A command whose TV-L1 options are added when first parsed or shown: TVL1Params lives beside the
+    torch engine, and importing the CLI (flowkit --help, status, merge, inspect) must not load torch."""
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        """The declared options plus the TV-L1 ones (built once)."""
+        if not getattr(self, "_tvl1_added", False):
+            self._tvl1_added = True
+            self.params.extend(tvl1_options())
+        return super().get_params(ctx)
 
 
 def tvl1_params(values: dict[str, Any]) -> dict[str, Any]:
@@ -65,12 +87,13 @@ def parse_devices(text: str) -> tuple[str, tuple[str, ...]]:
     return (devices[0], ()) if len(devices) == 1 else ("auto", devices)
 
 
-@click.command("extract-flow")
+@click.command("extract-flow", cls=TVL1Command)
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @batch_options
-@click.option("-a", "--algorithm", type=click.Choice(ALGORITHMS), default=None,
-              help="Flow engine: tvl1 (flowkit's batched PyTorch TV-L1), tvl1-opencv, farneback, dis; auto "
-                   "picks the faster TV-L1 for the device.  [default: auto]")
+@click.option("-a", "--algorithm", type=click.Choice(FLOW_ALGORITHMS), default=None,
+              help="Flow engine: tvl1 (flowkit's batched PyTorch TV-L1), tvl1-opencv (OpenCV's CPU TV-L1), "
+                   "farneback, dis, tvl1-cuda-opencv (OpenCV's CUDA TV-L1, denseflow's; only with an OpenCV "
+                   "built with CUDA); auto picks the faster TV-L1 for the device.  [default: auto]")
 @click.option("--device", default="auto", show_default=True,
               help="auto, cpu, cuda, cuda:1, or a list 'cuda:0,cuda:1' (one worker per device).")
 @click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -80,15 +103,20 @@ def parse_devices(text: str) -> tuple[str, tuple[str, ...]]:
 @click.option("--rgb/--no-rgb", default=None,
               help="Also write the RGB frames (same decode pass).  [default: rgb]")
 @geometry_options
-@click.option("--layout", type=click.Choice(list(LAYOUTS)), default=None,
+@click.option("--layout", type=click.Choice(LAYOUT_NAMES), default=None,
               help="Naming preset: mmaction2 (1-based, N RGB), denseflow (0-based), tsn (RGB = 2nd frame "
                    "of each pair).  [default: mmaction2]")
 @click.option("--format", "fmt", type=click.Choice(FLOW_FORMATS), default=None,
               help="jpg/png: 8-bit flow_x/flow_y images; h5/npy: lossless float16 per video.  [default: jpg]")
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=None, help="[default: 95]")
+@click.option("--classes", type=click.Path(exists=True, dir_okay=False, resolve_path=True),
+              default=None, help=CLASSES_HELP)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Frame pairs per engine call.  [default: 32 on GPU, 8 on CPU]")
-@tvl1_options
+@click.option("--jpeg-encoder", type=click.Choice(["auto", "opencv", "torchvision"]), default=None,
+              help="JPEG encoder: opencv (libjpeg-turbo), torchvision (nvJPEG on CUDA); auto = torchvision "
+                   "on a CUDA device, else opencv. Recorded in the job.  [default: auto]")
+@decode_options
 @handle_errors
 def extract_flow(input_path: Path, out_dir: Path, jobs: int, backend: str, scheduler: str | None,
                  shard: str | None, overwrite: bool, retry_failed: bool, quiet: bool, device: str,
@@ -111,24 +139,29 @@ def extract_flow(input_path: Path, out_dir: Path, jobs: int, backend: str, sched
     setup_logging(quiet)
     engine_device, devices = parse_devices(device)
     engine_params = tvl1_params(options)
+    decode = pop_decode_options(options, devices[0] if devices else engine_device)
     cfg = FlowConfig(**drop_unset(format=fmt, **options), **make_resize_kwargs(short_side, size),
-                     engine_params=engine_params, device=engine_device)
+                     engine_params=engine_params, device=engine_device, decode=decode)
     opts = run_options(max(jobs, len(devices)), backend, scheduler, shard, overwrite, retry_failed, quiet,
                        devices)
-    finish(run_pipeline(FlowPipeline(cfg, out_dir), discover(input_path), out_dir, opts))
+    items = discover(input_path, input_frames=decode.input_frames)
+    finish(run_pipeline(FlowPipeline(cfg, out_dir), items, out_dir, opts))
 
 
 @click.command("visualize")
 @click.argument("video_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("-o", "--output", "dest", type=click.Path(path_type=Path), required=True,
               help="A folder (PNG per flow) or a file ending in .mp4/.avi (a video).")
-@click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
-              help="Bound used when the JPEGs were written (to dequantize).")
+@click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Bound the flow images were quantized with.  [default: read from the extract-flow job "
+                   "record above the folder; 20 without one]")
 @click.option("--max-flow", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Flow magnitude shown at full colour (default: the 99th percentile per video).")
+              help="Flow magnitude (px) shown at full colour in every frame.  [default: per frame, its 99th "
+                   "percentile, at least 1 px]")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True)
+@threads_option
 @handle_errors
-def visualize(video_dir: Path, dest: Path, bound: float, max_flow: float | None, fps: float) -> None:
+def visualize(video_dir: Path, dest: Path, bound: float | None, max_flow: float | None, fps: float) -> None:
     """Render a video's flow (from flow_x/flow_y images or flow.h5/flow.npy) as colour-wheel images
     next to its RGB frames.
 
@@ -139,5 +172,6 @@ def visualize(video_dir: Path, dest: Path, bound: float, max_flow: float | None,
     """
     from flowkit.flow.visualize import render_folder
 
+    thread_budget()
     written = render_folder(video_dir, dest, bound=bound, max_flow=max_flow, fps=fps)
     click.echo(f"wrote {written}")

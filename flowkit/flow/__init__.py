@@ -30,17 +30,23 @@ class FlowEngine(Protocol):
 
 
 _REGISTRY: dict[str, tuple[Callable[..., FlowEngine], tuple[str, ...]]] = {}
-_BUILTIN_MODULES = ("flowkit.flow.tvl1", "flowkit.flow.opencv")
+_HIDDEN: set[str] = set()
+_BUILTIN_MODULES = ("flowkit.flow.tvl1", "flowkit.flow.opencv", "flowkit.flow.null")
 
 
-def register_engine(name: str, *, devices: tuple[str, ...] = ("cpu", "cuda")) -> Callable:
+def register_engine(
+    name: str, *, devices: tuple[str, ...] = ("cpu", "cuda"), hidden: bool = False
+) -> Callable:
     """Decorator registering an engine factory `factory(device, **params)` under `name`.
 
-    `devices` lists the device kinds the engine can run on ("cpu", "cuda").
+    `devices` lists the device kinds the engine can run on ("cpu", "cuda"); `hidden` engines (benchmark
+    tools such as "null") are left out of list_engines() but can be created by name.
     """
 
     def decorator(factory: Callable[..., FlowEngine]) -> Callable[..., FlowEngine]:
         _REGISTRY[name] = (factory, devices)
+        if hidden:
+            _HIDDEN.add(name)
         return factory
 
     return decorator
@@ -52,10 +58,10 @@ def _load_builtin() -> None:
         importlib.import_module(module)
 
 
-def list_engines() -> list[str]:
-    """Names of the engines available in this installation, sorted."""
+def list_engines(include_hidden: bool = False) -> list[str]:
+    """Names of the engines available in this installation, sorted (benchmark-only ones if asked)."""
     _load_builtin()
-    return sorted(_REGISTRY)
+    return sorted(n for n in _REGISTRY if include_hidden or n not in _HIDDEN)
 
 
 def _cuda_available() -> bool:
@@ -100,7 +106,7 @@ def create_engine(name: str = "tvl1", device: str = "auto", **params: Any) -> Fl
     _load_builtin()
     if name not in _REGISTRY:
         raise EngineUnavailableError(f"unknown flow engine {name!r}; available: "
-                                     f"{', '.join(sorted(_REGISTRY))}")
+                                     f"{', '.join(list_engines())}")
     factory, devices = _REGISTRY[name]
     if device == "auto":
         device = "cuda:0" if "cuda" in devices and _cuda_available() else "cpu"

@@ -9,9 +9,11 @@ def quantize(flow: np.ndarray, bound: float = 20.0) -> np.ndarray:
     """Map flow in pixels to uint8 levels; zero flow maps to 128 (round half to even, like cvRound)."""
     if bound <= 0:
         raise ValueError(f"bound must be positive, got {bound}")
-    scaled = np.asarray(flow, dtype=np.float32) + np.float32(bound)
+    scaled = np.add(flow, np.float32(bound), dtype=np.float32)  # one temporary, updated in place
     scaled *= np.float32(255.0 / (2.0 * bound))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, 0, 255, out=scaled)
+    return scaled.astype(np.uint8)
 
 
 def dequantize(levels: np.ndarray, bound: float = 20.0) -> np.ndarray:

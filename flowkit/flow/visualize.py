@@ -71,16 +71,50 @@ def load_flows(video_dir: Path, bound: float = 20.0) -> np.ndarray:
     return np.stack(flows)
 
 
+# Below this magnitude (px) a frame is shown pale rather than stretching noise to full colour.
+MIN_SCALE = 1.0
+SCALE_PERCENTILE = 99.0
+
+
+def frame_scale(flow: np.ndarray, max_flow: float | None = None) -> float:
+    """The magnitude shown at full colour for one (2, H, W) flow: `max_flow`, else that frame's 99th
+    percentile (at least MIN_SCALE px), so a scene cut elsewhere in the video does not wash it out."""
+    if max_flow:
+        return float(max_flow)
+    return max(float(np.percentile(np.hypot(flow[0], flow[1]), SCALE_PERCENTILE)), MIN_SCALE)
+
+
+def job_bound(video_dir: Path, bound: float | None = None) -> float:
+    """The bound the folder's flow images were quantized with, from the extract-flow job record above it.
+
+    A `bound` that disagrees with the record is refused; without a record, `bound` or 20 is used.
+    """
+    from flowkit.errors import ConfigError
+    from flowkit.jobs.manifest import Manifest
+
+    for parent in [video_dir, *video_dir.resolve().parents]:
+        job = Manifest(parent).read_job()
+        if job is not None and job.get("command") == "extract-flow":
+            recorded = float(job["config"].get("bound", 20.0))
+            if bound is not None and bound != recorded:
+                raise ConfigError(f"{parent}: this flow was quantized with --bound {recorded:g}, "
+                                  f"not {bound:g}: drop --bound")
+            return recorded
+    return 20.0 if bound is None else bound
+
+
 def render_folder(
-    video_dir: Path, dest: Path, bound: float = 20.0, max_flow: float | None = None, fps: float = 10.0
+    video_dir: Path, dest: Path, bound: float | None = None, max_flow: float | None = None, fps: float = 10.0
 ) -> Path:
-    """Write [RGB | flow colour] images for a video folder as PNGs (dest folder) or a video (.mp4/.avi)."""
-    flows = load_flows(video_dir, bound)
+    """Write [RGB | flow colour] images for a video folder as PNGs (dest folder) or a video (.mp4/.avi).
+
+    Each flow is scaled by :func:`frame_scale`; 8-bit flow is dequantized with :func:`job_bound`.
+    """
+    flows = load_flows(video_dir, job_bound(video_dir, bound))
     rgbs = sorted(video_dir.glob("img_*.*"))
-    scale = max_flow or max(float(np.percentile(np.hypot(flows[:, 0], flows[:, 1]), 99)), 1e-3)
     tiles = []
     for k, flow in enumerate(flows):
-        color = flow_to_color(flow, scale)
+        color = flow_to_color(flow, frame_scale(flow, max_flow))
         rgb = cv2.imread(str(rgbs[k])) if k < len(rgbs) else None
         if rgb is not None and rgb.shape[:2] == color.shape[:2]:
             color = np.concatenate([rgb, color], axis=1)

@@ -29,6 +29,7 @@ from flowkit.inputs import VideoItem
 from flowkit.jobs import progress
 from flowkit.jobs.manifest import STATE_DIR, EventLog, Manifest, RunLock
 from flowkit.jobs.status import EXIT_FAILED, EXIT_INCOMPLETE
+from flowkit.threads import ThreadBudget, apply_budget, derive_budget
 
 log = logging.getLogger("flowkit")
 
@@ -78,8 +79,8 @@ class Pipeline(Protocol):
         """Do one unit: write its output atomically, then its done record."""
         ...
 
-    def finalize(self, manifest: Manifest) -> None:
-        """After a run: write what spans units (annotation lists, index.json)."""
+    def finalize(self, manifest: Manifest) -> list[tuple[str, str]] | None:
+        """After a run: write what spans units (lists, feature shards); returns (path, cause) failures."""
         ...
 
 
@@ -95,6 +96,7 @@ class RunOptions:
     retry_failed: bool = False
     quiet: bool = False
     devices: tuple[str, ...] = ()
+    threads: int | None = None  # --threads; None: the cores this process may use (flowkit.threads)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -124,6 +126,7 @@ class RunSummary:
     pending: int = 0
     frames: int = 0
     seconds: float = 0.0
+    threads: str = ""  # the thread budget used (ThreadBudget.describe)
 
     @property
     def exit_code(self) -> int:
@@ -145,6 +148,7 @@ class RunSummary:
         out = [head + f" in {self.seconds:.1f}s{rate}"]
         if self.pending:
             out.append(f"{self.pending} unit(s) never finished: rerun without --retry-failed to do them")
+        out += [f"threads: {self.threads}"] if self.threads else []
         out += [f"NOTE {path}: {remark}" for path, remark in self.notes]
         out += [f"FAILED {path}: {cause}" for _, path, cause in self.failed]
         return out
@@ -153,6 +157,13 @@ class RunSummary:
 # -- device assignment: one device per worker process/thread ------------------------------------
 _worker_device: str | None = None
 _thread_device = threading.local()
+
+
+def _init_worker(budget: ThreadBudget, devices: Any) -> None:
+    """loky worker initializer: the thread budget first (before any torch work), then a device."""
+    apply_budget(budget, warn=False)
+    if devices is not None:
+        _claim_device(devices)
 
 
 def _claim_device(devices: Any) -> None:
@@ -341,12 +352,16 @@ def run_pipeline(
         todo = _select(pipeline, units, manifest, options, summary)
         progress.clear_shard(manifest, options.shard_tag)
         ctx = RunContext(out, options.shard_tag, manifest.new_run(), check_paths=options.backend == "dask")
+        budget = thread_budget(options, len(todo))
+        # Before any pool starts: worker processes inherit the env and apply it in their initializer.
+        apply_budget(budget, libraries=not _in_processes(options, len(todo)))
+        summary.threads = budget.describe()
         start = time.perf_counter()
         bar = progress.RunBar(manifest, ctx.tag, len(todo), options.quiet)
-        for result in bar.follow(_results(pipeline, todo, ctx, options)):
+        for result in bar.follow(_results(pipeline, todo, ctx, options, budget)):
             _account(summary, result)
         summary.seconds = time.perf_counter() - start
-        pipeline.finalize(manifest)
+        summary.failed.extend(("finalize", path, cause) for path, cause in pipeline.finalize(manifest) or ())
         _compact(manifest, units, options, ctx.run)
         return summary
     finally:
@@ -363,6 +378,18 @@ def _compact(manifest: Manifest, units: list[Unit], opts: RunOptions, run: int) 
         log.warning("could not compact the done records (%s); they stay valid", exc)
 
 
+def thread_budget(options: RunOptions, units: int) -> ThreadBudget:
+    """The budget split across the workers that will actually run (one process for sequential)."""
+    parallel = options.backend == "dask" or (options.backend != "sequential" and options.jobs > 1)
+    workers = max(options.jobs, len(options.devices)) if parallel else 1
+    return derive_budget(options.threads, max(1, min(workers, units)) if units else workers)
+
+
+def _in_processes(options: RunOptions, units: int) -> bool:
+    """Whether the units run in worker processes (loky with >1 job, dask) rather than here."""
+    return options.backend == "dask" or (options.backend == "loky" and min(options.jobs, units) > 1)
+
+
 def _account(summary: RunSummary, result: UnitResult) -> None:
     summary.frames += result.frames
     if result.status == "done":
@@ -372,7 +399,7 @@ def _account(summary: RunSummary, result: UnitResult) -> None:
 
 
 def _results(
-    pipeline: Pipeline, todo: list[Unit], ctx: RunContext, opts: RunOptions
+    pipeline: Pipeline, todo: list[Unit], ctx: RunContext, opts: RunOptions, budget: ThreadBudget
 ) -> Iterator[UnitResult]:
     if not todo:
         return iter(())
@@ -382,22 +409,21 @@ def _results(
         return (execute_unit(pipeline, u, ctx, devices) for u in todo)
     if opts.backend == "dask":
         return _dask_results(pipeline, todo, ctx, opts)
-    return _joblib_results(pipeline, todo, ctx, opts, jobs)
+    return _joblib_results(pipeline, todo, ctx, opts, jobs, budget)
 
 
 def _joblib_results(
-    pipeline: Pipeline, todo: list[Unit], ctx: RunContext, opts: RunOptions, jobs: int
+    pipeline: Pipeline, todo: list[Unit], ctx: RunContext, opts: RunOptions, jobs: int, budget: ThreadBudget
 ) -> Iterator[UnitResult]:
     kwargs: dict[str, Any] = {}
     devices = None
-    if opts.devices and opts.backend == "loky":
-        import multiprocessing
+    if opts.backend == "loky":
+        queue_ = None
+        if opts.devices:
+            import multiprocessing
 
-        manager = multiprocessing.Manager()
-        kwargs = {
-            "initializer": _claim_device,
-            "initargs": (_device_queue(opts.devices, jobs, manager),),
-        }
+            queue_ = _device_queue(opts.devices, jobs, multiprocessing.Manager())
+        kwargs = {"initializer": _init_worker, "initargs": (budget, queue_)}
     elif opts.devices:
         devices = _device_queue(opts.devices, jobs, None)
     parallel = Parallel(

@@ -52,6 +52,7 @@ class ModelSpec:
     clip_len: int
     min_clip_len: int
     input_size: int  # square crop the model expects
+    test_only: bool = False  # tiny models for tests: usable by name, never listed to users
 
     @property
     def feature_dim(self) -> int:
@@ -79,9 +80,9 @@ def register_model(name: str, **spec: object) -> Callable[[Callable], Callable]:
     return decorate
 
 
-def list_models() -> list[str]:
-    """Registered model names, sorted."""
-    return sorted(_REGISTRY)
+def list_models(include_test: bool = False) -> list[str]:
+    """Registered model names, sorted; the test-only tiny models only with `include_test`."""
+    return sorted(name for name, spec in _REGISTRY.items() if include_test or not spec.test_only)
 
 
 def get_model_spec(name: str) -> ModelSpec:
@@ -89,7 +90,7 @@ def get_model_spec(name: str) -> ModelSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ConfigError(f"unknown model {name!r}; choose one of {list_models()}") from None
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(list_models())}") from None
 
 
 def create_model(name: str, stream: str = "rgb", **kwargs: object) -> nn.Module:
@@ -126,7 +127,7 @@ def _build_c3d(stream: str = "rgb", **kwargs: object) -> C3D:
 @register_model(
     "c3d_test", model_cls=C3D, preprocess={"rgb": preprocess_c3d}, default_layer="fc6",
     layers={"fc6": 256, "fc7": 256, "pool5": 512}, map_layer="pool5", map_shape=(32, 4, 4),
-    clip_len=16, min_clip_len=16, input_size=112,
+    clip_len=16, min_clip_len=16, input_size=112, test_only=True,
 )
 def _build_c3d_test(stream: str = "rgb", **kwargs: object) -> C3D:
     """Tiny C3D (channels / 16) with the same key names, for tests."""
@@ -145,7 +146,7 @@ def _build_i3d(stream: str = "rgb", **kwargs: object) -> I3D:
 @register_model(
     "i3d_test", model_cls=I3D, preprocess=_I3D_TEST_PRE, default_layer="avgpool",
     layers={"avgpool": 64, "mixed_5c": 64 * 4 * 4, "logits": 400}, map_layer="mixed_5c",
-    map_shape=(64, 4, 4), clip_len=16, min_clip_len=9, input_size=112,
+    map_shape=(64, 4, 4), clip_len=16, min_clip_len=9, input_size=112, test_only=True,
 )
 def _build_i3d_test(stream: str = "rgb", **kwargs: object) -> I3D:
     """Tiny I3D (channels / 16, 112px input) with the same key names, for tests."""

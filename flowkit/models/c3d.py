@@ -9,7 +9,8 @@ Two pool5 modes:
 
 * ``caffe`` (default): ``MaxPool3d(2, 2, ceil_mode=True)``, which reproduces Caffe's unpadded
   ceil-mode pooling (windows [0,1], [2,3], [4,5], [6] on 7x7).
-* ``davidea``: ``padding=(0, 1, 1)`` as in DavideA/yyuanad, to match features made with that code.
+* ``davidea``: ``padding=(0, 1, 1)`` as in DavideA/yyuanad, to match features made with that code (the
+  features pipeline pairs it with DavideA's input convention, ``C3D_DAVIDEA_PREDICT``).
 
 Our state-dict names are DavideA's (``conv1 .. conv5b, fc6, fc7, fc8``). The input is one clip
 (B, 3, 16, 112, 112); see :mod:`flowkit.models.preprocess` for the Caffe input convention.

@@ -12,10 +12,9 @@ from typing import Any, BinaryIO
 import h5py
 import numpy as np
 
+from flowkit.choices import FLOW_FORMATS  # noqa: F401 - re-exported
 from flowkit.flow.quantize import quantize
 from flowkit.outputs.rawframes import FolderWriter, Layout
-
-FLOW_FORMATS = ("jpg", "png", "h5", "npy")
 
 
 class ImagePairSink:
@@ -29,10 +28,12 @@ class ImagePairSink:
     def add(self, flows: np.ndarray, timestamps: np.ndarray) -> None:
         """Append a batch of flows (B, 2, H, W) float32; timestamps are unused in image form."""
         levels = quantize(flows, self.bound)
+        names, images = [], []
         for q in levels:
-            self.writer.write_image(self.layout.flow_name("x", self.count, self.ext), q[0], self.quality)
-            self.writer.write_image(self.layout.flow_name("y", self.count, self.ext), q[1], self.quality)
+            names += [self.layout.flow_name(axis, self.count, self.ext) for axis in "xy"]
+            images += [q[0], q[1]]
             self.count += 1
+        self.writer.write_images(names, images, self.quality)
 
     def close(self) -> None:
         """Nothing to flush here: the folder writer drains on commit."""
@@ -75,13 +76,14 @@ class NpySink:
     """`flow.npy` float16 [N-1, 2, H, W] written as a stream; the header's shape is patched at the end.
 
     The header is padded to a fixed length up front so the real shape fits when rewritten; `timestamps.npy`
-    [N-1, 2] is written beside it.
+    [N-1, 2] and `flow.json` (the metadata an h5 file holds as attributes) are written beside it.
     """
 
     HEADER_LEN = 128
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, attrs: dict[str, Any] | None = None) -> None:
         self.folder = folder
+        self.attrs = dict(attrs or {})
         self.fh: BinaryIO = open(folder / "flow.npy", "wb")  # noqa: SIM115 - closed in close()
         self.fh.write(b"\x00" * self.HEADER_LEN)
         self.shape: tuple[int, ...] = (0, 2, 0, 0)
@@ -109,6 +111,24 @@ class NpySink:
         self.fh.close()
         times = np.concatenate(self.times) if self.times else np.zeros((0, 2))
         np.save(self.folder / "timestamps.npy", times)
+        meta = {**self.attrs, "num_flows": self.count}
+        (self.folder / "flow.json").write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
+
+
+def resize_flow(flow: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize a (2, H, W) flow field to (2, height, width), scaling the vectors with the frame.
+
+    Flow is in pixels of the frame it was computed on: resizing by (sx, sy) = (width/W, height/H)
+    multiplies u by sx and v by sy.
+    """
+    import cv2
+
+    _, h, w = flow.shape
+    out = np.stack([cv2.resize(np.ascontiguousarray(c, np.float32), (width, height),
+                               interpolation=cv2.INTER_LINEAR) for c in flow])
+    out[0] *= np.float32(width / w)
+    out[1] *= np.float32(height / h)
+    return out
 
 
 class FlowFolderReader:
@@ -126,6 +146,16 @@ class FlowFolderReader:
         elif fmt == "h5":
             self._file = h5py.File(folder / "flow.h5", "r")
             self._array = self._file["flow"]
+
+    def frame_size(self) -> tuple[int, int]:
+        """(width, height) of the frames the flow was computed on; (0, 0) for a video without flow."""
+        if self._array is not None:
+            return (int(self._array.shape[3]), int(self._array.shape[2])) if len(self._array) else (0, 0)
+        try:
+            height, width = self._read(self.layout.flow_name("x", 0, self.fmt)).shape
+        except FileNotFoundError:
+            return 0, 0
+        return width, height
 
     def __call__(self, k: int) -> np.ndarray:
         """Flow k as (2, H, W) float32 pixels."""

@@ -1,17 +1,20 @@
 """`flowkit features`: C3D / I3D features per temporal window into HDF5 shards (or one npy per video).
 
-A unit of work is one shard of consecutive videos, named from its position only; the shard is written
-to a temporary file and renamed when every video was attempted. A rerun redoes a shard that had failed
-videos, copying the finished videos from the old file instead of recomputing them.
+A unit of work is one video; videos are grouped into shards of consecutive videos named from their
+position only. A finished video waits as a part until every video of its shard was attempted, then the
+worker that settled the last one assembles the shard (tmp + rename). A rerun redoes only the failed or
+unfinished videos.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,23 +22,26 @@ import numpy as np
 
 import flowkit
 from flowkit.atomic import atomic_write_text
-from flowkit.errors import ConfigError, FlowkitError, VideoError
+from flowkit.choices import FEATURE_COMBINES, FEATURE_STREAMS
+from flowkit.decoders import DecodeOptions
+from flowkit.errors import ConfigError, VideoError
 from flowkit.inputs import VideoItem
 from flowkit.jobs import progress
 from flowkit.jobs.manifest import Manifest
 from flowkit.jobs.runner import Unit, UnitResult, current_device, one_line
 from flowkit.outputs import hdf5
-from flowkit.outputs.flowfiles import FlowFolderReader
+from flowkit.outputs.flowfiles import FLOW_FORMATS, FlowFolderReader, resize_flow
 from flowkit.outputs.rawframes import get_layout
 from flowkit.pipelines.extractor import Extractor, check_amp, extractor_for
+from flowkit.pipelines.featureshards import ShardParts, plan_shards, shard_members
 from flowkit.pipelines.stages import prefetch
 from flowkit.pipelines.windows import Window, WindowAssembler, WindowPlan, plan_windows
 from flowkit.video import Resize, VideoReader, scan_timestamps
 
 log = logging.getLogger("flowkit")
 
-STREAMS = ("rgb", "flow", "both")
-COMBINES = ("concat", "sum")
+STREAMS = FEATURE_STREAMS
+COMBINES = FEATURE_COMBINES
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class FeaturesConfig:
     mean_file: str | None = None
     flow_algorithm: str = "auto"
     flow_dir: str | None = None
+    flow_rescale: bool = False
     bound: float = 20.0
     dtype: str = "float32"
     dataset_name: str = "features"
@@ -71,6 +78,7 @@ class FeaturesConfig:
     batch_size: int = 8
     device: str = "auto"
     amp: str = "none"
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
 
     def __post_init__(self) -> None:
         from flowkit.models import get_model_spec
@@ -92,12 +100,20 @@ class FeaturesConfig:
             )
         if self.combine and self.stream != "both":
             raise ConfigError("--combine needs --stream both")
+        if self.c3d_mode == "davidea" and self.mean_file:
+            raise ConfigError("--c3d-mode davidea feeds RGB without a mean (as DavideA's predict.py): "
+                              "drop --mean-file")
         if self.flow_dir is not None:
-            flow_source_settings(self.flow_dir)
+            if "flow" not in self.streams:
+                raise ConfigError("--flow-dir feeds the flow stream: use it with --stream flow or both")
             if self.fps:
                 raise ConfigError("--flow-dir holds flow between consecutive native frames: drop --fps")
+            check_flow_source(flow_source_settings(self.flow_dir), self, spec)
+        elif self.flow_rescale:
+            raise ConfigError("--flow-rescale applies only with --flow-dir")
         self._check_windows(spec)
         self._check_weights()
+        self._check_applicable(spec)
 
     def _check_windows(self, spec: Any) -> None:
         clip = self.clip_len or spec.clip_len
@@ -124,6 +140,28 @@ class FeaturesConfig:
                 "or --random-weights for a smoke test"
             )
 
+    def _check_applicable(self, spec: Any) -> None:
+        """Options that would be ignored are errors; the flow engine is checked before any work."""
+        family = spec.model_cls.__name__
+        wrong = [flag for flag, ignored in (
+            ("--c3d-mode", self.c3d_mode != "caffe" and family != "C3D"),
+            ("--mean-file", self.mean_file is not None and family != "C3D"),
+            ("--i3d-compat", self.i3d_compat != "tf" and family != "I3D"),
+        ) if ignored]
+        if wrong:
+            raise ConfigError(f"{', '.join(wrong)} do(es) not apply to --model {self.model}")
+        if self.flow_weights is not None and self.stream != "both":
+            raise ConfigError("--flow-weights is the flow checkpoint of --stream both; with one stream "
+                              "pass its checkpoint as --weights")
+        computes_flow = "flow" in self.streams and self.flow_dir is None
+        if self.flow_algorithm != "auto" and not computes_flow:
+            raise ConfigError("--flow-algorithm applies only when the flow stream is computed "
+                              "(--stream flow or both, without --flow-dir)")
+        if computes_flow:
+            from flowkit.pipelines.flow import FlowConfig
+
+            FlowConfig(algorithm=self.flow_algorithm)  # unknown or unavailable engine: an error now
+
     @property
     def streams(self) -> tuple[str, ...]:
         """The input streams this run uses."""
@@ -139,6 +177,7 @@ class FeaturesConfig:
         """What decides the output (device and batch size do not)."""
         config = asdict(self)
         del config["device"], config["batch_size"]
+        config["decode"] = self.decode.output_config()
         return config
 
 
@@ -151,6 +190,30 @@ def flow_source_settings(flow_dir: str) -> dict[str, Any]:
     if config.get("step", 1) != 1:
         raise ConfigError(f"{flow_dir}: flow was extracted with --step {config['step']}; I3D needs step 1")
     return config
+
+
+def check_flow_source(settings: dict[str, Any], cfg: FeaturesConfig, spec: Any) -> None:
+    """Refuse stored flow that cannot give the model's input: other geometry, tighter bound, resampled."""
+    where = cfg.flow_dir
+    if cfg.fps:
+        raise ConfigError("--flow-dir holds flow between consecutive native frames: drop --fps")
+    if settings.get("format") not in FLOW_FORMATS:
+        raise ConfigError(f"{where}: unknown flow format {settings.get('format')!r} in the job record")
+    if settings.get("format") in ("jpg", "png") and float(settings.get("bound", 20.0)) < cfg.bound:
+        raise ConfigError(
+            f"{where}: flow was quantized with --bound {settings['bound']:g}, so it is clipped tighter than "
+            f"the ±{cfg.bound:g} px the model takes: re-extract with --bound {cfg.bound:g}"
+        )
+    need = _frame_geometry(spec).short_side
+    size = settings.get("size")
+    if (settings.get("short_side"), size) != (need, None) and not cfg.flow_rescale:
+        made = f"--size {size[0]}x{size[1]}" if size else (
+            f"--short-side {settings['short_side']}" if settings.get("short_side") else "native size")
+        raise ConfigError(
+            f"{where}: flow was extracted at {made}, but {cfg.model} reads flow at short side {need}: "
+            f"re-extract with --short-side {need}, or pass --flow-rescale to resize it "
+            "(vectors scaled with the frame)"
+        )
 
 
 def _check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
@@ -171,26 +234,41 @@ class VideoFeatures:
         self.layer = cfg.layer or self.spec.default_layer
         self.clip_len = cfg.clip_len or self.spec.clip_len
         self.stride = cfg.stride or self.clip_len
-        self.geometry = _frame_geometry(self.spec)
-        self.preprocess = {s: self._preprocessor(s) for s in cfg.streams}
+        self.geometry = _frame_geometry(self.spec, cfg.c3d_mode)
+        self.preprocess = {s: functools.partial(self.spec.preprocess[s], **self._overrides(s))
+                           for s in cfg.streams}
 
-    def _preprocessor(self, stream: str) -> Any:
-        fn = self.spec.preprocess[stream]
+    def _overrides(self, stream: str) -> dict[str, Any]:
+        """Arguments this run gives a stream's preprocessing on top of the model's defaults."""
         if stream == "flow":
-            return lambda flows: fn(flows, bound=self.cfg.bound)
-        if self.spec.model_cls.__name__ == "C3D" and self.cfg.mean_file:
+            return {"bound": self.cfg.bound}
+        if self.spec.model_cls.__name__ != "C3D":
+            return {}
+        if self.cfg.c3d_mode == "davidea":
+            from flowkit.models.preprocess import C3D_DAVIDEA_PREDICT
+
+            return dict(C3D_DAVIDEA_PREDICT)
+        if self.cfg.mean_file:
             from flowkit.models.preprocess import load_mean_file
 
-            mean = load_mean_file(self.cfg.mean_file)
-            return lambda frames: fn(frames, mean=mean)
-        return fn
+            return {"mean": load_mean_file(self.cfg.mean_file)}
+        return {}
+
+    def preprocessing(self) -> dict[str, Any]:
+        """How frames and flow became model input: decode geometry, each stream's function and arguments."""
+        record: dict[str, Any] = {"decode_resize": asdict(self.geometry)}
+        for stream, fn in self.preprocess.items():
+            record[stream] = describe_call(fn, self.cfg.mean_file)
+        return record
 
     def compute(self, item: VideoItem) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Decode, window, run the model(s); returns (datasets, group attributes) for the HDF5 group."""
-        timestamps, info = scan_timestamps(item.path)
+        timestamps, info = scan_timestamps(item.path, self.cfg.decode)
         plan = plan_windows(timestamps, self.clip_len, self.stride, self.cfg.fps, self.cfg.pad_last)
         progress.set_total(len(timestamps))
-        outputs = self._run(item, plan)
+        notes: list[str] = []
+        reader = VideoReader(item.path, self.geometry, self.cfg.decode)
+        outputs = self._run(item, plan, info, notes, reader)
         datasets = self._datasets(plan, outputs)
         attrs = {
             "source": str(item.path),
@@ -203,16 +281,22 @@ class VideoFeatures:
             "clip_len": self.clip_len,
             "stride": self.stride,
         }
+        if reader.truncated:
+            attrs["truncated"] = reader.truncated  # accepted with --allow-truncated
         if len(plan.windows) == 0:
-            attrs["note"] = f"shorter than one {self.clip_len}-frame window: no features"
+            notes.append(f"shorter than one {self.clip_len}-frame window: no features")
+        if notes:
+            attrs["note"] = "; ".join(notes)
         return datasets, attrs
 
-    def _run(self, item: VideoItem, plan: WindowPlan) -> dict[str, list[np.ndarray]]:
+    def _run(
+        self, item: VideoItem, plan: WindowPlan, info: Any, notes: list[str], video: VideoReader
+    ) -> dict[str, list[np.ndarray]]:
         wants_flow = "flow" in self.cfg.streams
-        lookup = self._flow_lookup(item) if wants_flow and self.cfg.flow_dir else None
+        lookup = self._flow_lookup(item, info, notes) if wants_flow and self.cfg.flow_dir else None
         flow_fn = self._flow_fn() if wants_flow and lookup is None else None
         assembler = WindowAssembler(plan, "rgb" in self.cfg.streams, flow_fn, self.cfg.batch_size, lookup)
-        reader = prefetch(VideoReader(item.path, self.geometry), depth=2 * self.clip_len)
+        reader = prefetch(video, depth=2 * self.clip_len)
         outputs: dict[str, list[np.ndarray]] = {}
         batch: list[Window] = []
         for window in assembler.feed(progress.track(reader)):
@@ -224,13 +308,25 @@ class VideoFeatures:
             raise VideoError(item.path, "decoded fewer frames on the second pass than on the first")
         return outputs
 
-    def _flow_lookup(self, item: VideoItem) -> FlowFolderReader:
-        """Flows of this video from the extract-flow folder given with --flow-dir."""
+    def _flow_lookup(self, item: VideoItem, info: Any, notes: list[str]) -> Any:
+        """Flows of this video from --flow-dir, checked against (or, with --flow-rescale, resized to)
+        the geometry the model's frames have."""
         settings = flow_source_settings(str(self.cfg.flow_dir))
         folder = Path(str(self.cfg.flow_dir)) / item.video_id
         if not folder.is_dir():
             raise VideoError(item.path, f"no extracted flow in {folder}")
-        return FlowFolderReader(folder, get_layout(settings["layout"]), settings["format"], settings["bound"])
+        layout = get_layout(settings["layout"])
+        reader = FlowFolderReader(folder, layout, settings["format"], settings["bound"])
+        have, want = reader.frame_size(), self.geometry.target(info.width, info.height)
+        if have in (want, (0, 0)):
+            return reader
+        if not self.cfg.flow_rescale:
+            raise VideoError(item.path, f"flow in {folder} is {have[0]}x{have[1]} but the model reads "
+                             f"{want[0]}x{want[1]} frames: re-extract it, or pass --flow-rescale")
+        sx, sy = want[0] / have[0], want[1] / have[1]
+        notes.append(f"flow resized from {have[0]}x{have[1]} to {want[0]}x{want[1]}, "
+                     f"vectors scaled by ({sx:.3f}, {sy:.3f})")
+        return lambda k: resize_flow(reader(k), *want)
 
     def _flow_fn(self) -> Any:
         from flowkit.pipelines.flow import FlowConfig, engine_for
@@ -290,20 +386,43 @@ def _stack(parts: list[np.ndarray] | None, dim: int) -> np.ndarray:
     return np.zeros((0, dim), np.float32)
 
 
-def _frame_geometry(spec: Any) -> Resize:
+def describe_call(fn: Any, mean_file: str | None = None) -> dict[str, Any]:
+    """A preprocessing function and every argument it runs with (defaults included), as plain JSON."""
+    keywords: dict[str, Any] = {}
+    while isinstance(fn, functools.partial):
+        keywords = {**fn.keywords, **keywords}
+        fn = fn.func
+    params = inspect.signature(fn).parameters.values()
+    merged = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    merged.update(keywords)
+    if isinstance(merged.get("mean"), np.ndarray):
+        merged["mean"] = f"mean volume {mean_file}"
+    plain = json.loads(json.dumps(merged, default=lambda v: list(v) if isinstance(v, tuple) else str(v)))
+    return {"function": f"{fn.__module__}.{fn.__qualname__}", **plain}
+
+
+def _frame_geometry(spec: Any, c3d_mode: str = "caffe") -> Resize:
     """Resize every decoded frame once to the model's working size (its preprocessing then only crops)."""
     if spec.model_cls.__name__ == "C3D":
-        return Resize(size=(171, 128))
+        # davidea: DavideA's predict.py resizes straight to 112x200 (see C3D_DAVIDEA_PREDICT).
+        height, width = (112, 200) if c3d_mode == "davidea" else (128, 171)
+        return Resize(size=(width, height))
     return Resize(short_side=round(spec.input_size * 256 / 224))
 
 
 @dataclass
 class FeaturesPipeline:
-    """The runner's view of `flowkit features`."""
+    """The runner's view of `flowkit features`: one unit per video, outputs grouped into shards.
+
+    A finished video waits as a part in OUT/.flowkit until every video of its shard was attempted; the
+    worker that settles the last one assembles the shard, and finalize catches any shard left behind
+    (see :mod:`flowkit.pipelines.featureshards`).
+    """
 
     cfg: FeaturesConfig
     out_dir: Path
     command: str = "features"
+    shard_count: int = 1
 
     def output_config(self) -> dict[str, Any]:
         """See Pipeline.output_config."""
@@ -315,29 +434,24 @@ class FeaturesPipeline:
         return self.cfg.shard_name or self.cfg.model
 
     def make_units(self, items: Sequence[VideoItem]) -> list[Unit]:
-        """Consecutive videos grouped into shards named by position (one unit per video for npy)."""
+        """One unit per video; a video's index is its feature shard's, so --shard i/N keeps shards whole."""
         if self.cfg.format == "npy":
             return [Unit(item.video_id, k, (item,)) for k, item in enumerate(items)]
         per = self.cfg.videos_per_shard
-        count = max(1, math.ceil(len(items) / per))
-        return [
-            Unit(hdf5.shard_filename(self.name, s, count), s, tuple(items[s * per : (s + 1) * per]))
-            for s in range(count)
-            if items[s * per : (s + 1) * per]
-        ]
+        self.shard_count = max(1, math.ceil(len(items) / per))
+        return [Unit(item.video_id, k // per, (item,)) for k, item in enumerate(items)]
+
+    def _shard_of(self, unit: Unit) -> str:
+        return hdf5.shard_filename(self.name, unit.index, self.shard_count)
 
     def is_done(self, unit: Unit, manifest: Manifest) -> bool:
-        """Done record without failures and a shard (or npy files) that verifies."""
+        """Done record, and the video's features in place (its part, or its shard, verifying)."""
         record = manifest.read_done(unit.uid)
         if record is None or record.get("failed"):
             return False
         if self.cfg.format == "npy":
             return all((self.out_dir / f).is_file() for f in record.get("files", []))
-        try:
-            hdf5.verify_shard(self.out_dir / unit.uid, expected=record["videos"])
-        except (FlowkitError, OSError, KeyError):
-            return False
-        return True
+        return ShardParts(manifest).holds(unit.uid, self._shard_of(unit))
 
     def _features(self) -> VideoFeatures:
         cfg = self.cfg
@@ -353,10 +467,11 @@ class FeaturesPipeline:
     def _file_attrs(self, features: VideoFeatures) -> dict[str, Any]:
         attrs: dict[str, Any] = {
             "flowkit_version": flowkit.__version__,
-            "config": json.dumps(self.cfg.output_config(), sort_keys=True, default=str),
+            "config": json.loads(json.dumps(self.cfg.output_config(), default=str)),
             "model": self.cfg.model,
             "layer": features.layer,
             "random_weights": int(self.cfg.random_weights),
+            "preprocessing": features.preprocessing(),
         }
         if self.cfg.random_weights:
             attrs["WARNING"] = "RANDOM WEIGHTS: these features are meaningless (smoke test / benchmark only)"
@@ -366,67 +481,38 @@ class FeaturesPipeline:
         return attrs
 
     def process(self, unit: Unit, manifest: Manifest) -> UnitResult:
-        """Compute one shard (or npy video), reusing finished videos of a previous attempt."""
-        previous = manifest.read_done(unit.uid)
+        """Compute one video: its part (hdf5) or its npy files, then its done record."""
+        item = unit.items[0]
         manifest.clear_done(unit.uid)
-        features = self._features()
         if self.cfg.format == "npy":
-            return self._process_npy(unit, manifest, features)
-        return self._process_shard(unit, manifest, features, previous)
+            if item.error:
+                return UnitResult(unit.uid, "failed", failures=[(str(item.path), item.error)])
+            return self._process_npy(unit, manifest, self._features())
+        return self._process_part(unit, manifest)
 
-    def _process_shard(
-        self, unit: Unit, manifest: Manifest, features: VideoFeatures, previous: dict[str, Any] | None
-    ) -> UnitResult:
-        final = self.out_dir / unit.uid
-        reusable = set(previous.get("videos", [])) if previous and final.is_file() else set()
-        result = UnitResult(unit.uid, "done")
-        done: list[str] = []
-        old = final.with_name(final.name + ".prev")
-        old.unlink(missing_ok=True)
-        if reusable:
-            final.replace(old)
+    def _process_part(self, unit: Unit, manifest: Manifest) -> UnitResult:
+        item, parts = unit.items[0], ShardParts(manifest)
         try:
-            with hdf5.ShardWriter(final, self._file_attrs(features)) as writer:
-                for item in unit.items:
-                    if item.video_id in reusable:
-                        writer.copy_video(old, item.video_id)
-                        done.append(item.video_id)
-                    elif self._add(writer, item, features, result):
-                        done.append(item.video_id)
-        except BaseException:
-            if reusable and old.is_file() and not final.exists():
-                # Put the previous shard back so its finished videos stay reusable next time.
-                old.replace(final)
-                manifest.write_done(unit.uid, previous or {})
-            raise
-        old.unlink(missing_ok=True)
-        failed = [i.video_id for i in unit.items if i.video_id not in done]
-        manifest.write_done(unit.uid, {"shard": unit.uid, "videos": done, "failed": failed})
-        return result
-
-    def _add(
-        self, writer: hdf5.ShardWriter, item: VideoItem, features: VideoFeatures, result: UnitResult
-    ) -> bool:
-        if item.error:
-            result.failures.append((str(item.path), item.error))
-            return False
-        try:
+            if item.error:
+                raise VideoError(item.path, item.error)
+            features = self._features()
             datasets, attrs = features.compute(item)
-        except Exception as exc:  # noqa: BLE001 - one video's failure must not lose the shard
-            result.failures.append((str(item.path), one_line(exc, str(item.path))))
-            return False
-        # A write error (disk full) is the shard's, not the video's: after a failed HDF5 write the
-        # file cannot be trusted, so it propagates and the shard is dropped instead of committed.
-        writer.add_video(item.video_id, datasets, attrs)
-        result.frames += int(attrs["num_frames"])
-        if "note" in attrs:
-            result.notes.append((str(item.path), attrs["note"]))
-        return True
+            parts.write_part(item.video_id, datasets, attrs, self._file_attrs(features))
+        except Exception as exc:  # noqa: BLE001 - the failure is recorded so the shard can close without it
+            cause = one_line(exc, str(item.path))
+            parts.mark_failed(item.video_id, cause)
+            result = UnitResult(unit.uid, "failed", failures=[(str(item.path), cause)])
+        else:
+            manifest.write_done(unit.uid, {"video_id": item.video_id, "shard": self._shard_of(unit)})
+            notes = [(str(item.path), attrs[k]) for k in ("note", "truncated") if k in attrs]
+            result = UnitResult(unit.uid, "done", frames=int(attrs["num_frames"]), notes=notes)
+        # The worker that settles a shard's last video assembles it (finalize is the safety net).
+        members = shard_members(manifest, self.cfg.videos_per_shard, unit.index)
+        result.failures += parts.sync(self._shard_of(unit), members)
+        return result
 
     def _process_npy(self, unit: Unit, manifest: Manifest, features: VideoFeatures) -> UnitResult:
         item = unit.items[0]
-        if item.error:
-            return UnitResult(unit.uid, "failed", failures=[(str(item.path), item.error)])
         datasets, attrs = features.compute(item)
         files = []
         for key, array in datasets.items():
@@ -435,6 +521,7 @@ class FeaturesPipeline:
                 files.append(hdf5.write_npy_features(self.out_dir, item.video_id + suffix, array))
         sidecar = self.out_dir / f"{item.video_id}.json"
         meta = {
+            **self._file_attrs(features),
             **attrs,
             "frame_indices": datasets["frame_indices"].tolist(),
             "timestamps": datasets["timestamps"].tolist(),
@@ -442,12 +529,25 @@ class FeaturesPipeline:
         atomic_write_text(sidecar, json.dumps(meta))
         rel = [str(p.relative_to(self.out_dir)) for p in [*files, sidecar]]
         manifest.write_done(unit.uid, {"video_id": item.video_id, "files": rel, "failed": []})
-        notes = [(str(item.path), attrs["note"])] if "note" in attrs else []
+        notes = [(str(item.path), attrs[k]) for k in ("note", "truncated") if k in attrs]
         return UnitResult(unit.uid, "done", frames=int(attrs["num_frames"]), notes=notes)
 
-    def finalize(self, manifest: Manifest) -> None:
-        """Write index.json (video_id -> shard) from every done record."""
+    def finalize(self, manifest: Manifest) -> list[tuple[str, str]]:
+        """Assemble every shard whose videos were all attempted, then write index.json."""
         if self.cfg.format != "hdf5":
-            return
-        mapping = {vid: r["shard"] for r in manifest.all_done() if "shard" in r for vid in r["videos"]}
-        hdf5.write_index(self.out_dir, mapping)
+            return []
+        plans = plan_shards(self.name, manifest.read_units(), self.cfg.videos_per_shard)
+        parts = ShardParts(manifest)
+        failures = [f for shard, members in plans for f in parts.sync(shard, members)]
+        hdf5.write_index(self.out_dir, parts.index(plans))
+        return failures
+
+
+def shard_index(out_dir: Path) -> dict[str, str]:
+    """video id -> shard file of every assembled video of a features job (for merge and index.json)."""
+    manifest = Manifest(out_dir)
+    job = manifest.read_job() or {}
+    config = job.get("config", {})
+    name = config.get("shard_name") or config.get("model", "")
+    plans = plan_shards(name, manifest.read_units(), int(config.get("videos_per_shard", 100)))
+    return ShardParts(manifest).index(plans)

@@ -7,6 +7,8 @@ that is renamed into place when complete, then the done record is written.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import stat
@@ -18,13 +20,15 @@ from typing import Any
 
 import numpy as np
 
+from flowkit.choices import FLOW_ALGORITHMS
+from flowkit.decoders import DecodeOptions
 from flowkit.errors import ConfigError, FlowkitError
 from flowkit.inputs import VideoItem
 from flowkit.jobs import progress
 from flowkit.jobs.manifest import Manifest, config_hash
 from flowkit.jobs.runner import Unit, UnitResult, current_device, one_line
 from flowkit.outputs.flowfiles import FLOW_FORMATS, H5Sink, ImagePairSink, NpySink
-from flowkit.outputs.lists import write_lists
+from flowkit.outputs.lists import flow_job_list_kinds, read_class_map, write_job_lists
 from flowkit.outputs.rawframes import FolderWriter, get_layout
 from flowkit.pipelines.partial import Partial, source_identity
 from flowkit.pipelines.stages import prefetch
@@ -32,7 +36,8 @@ from flowkit.video import Resize, VideoReader, to_gray
 
 log = logging.getLogger("flowkit")
 
-ALGORITHMS = ("auto", "tvl1", "tvl1-opencv", "farneback", "dis", "tvl1-cuda-opencv")
+ALGORITHMS = FLOW_ALGORITHMS
+BENCH_ALGORITHMS = ("null",)  # library/benchmarks only (zero flow): not offered by the CLI
 
 
 @dataclass(frozen=True)
@@ -49,19 +54,24 @@ class FlowConfig:
     format: str = "jpg"
     jpeg_quality: int = 95
     engine_params: dict[str, Any] = field(default_factory=dict)
+    classes: str | None = None
     device: str = "auto"
     batch_size: int | None = None
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
+    jpeg_encoder: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.classes is not None:
+            read_class_map(self.classes)  # a bad class map is a config error before any work
         if self.algorithm == "auto":  # the fastest TV-L1 at equal accuracy here (bench/flow_engines.py)
             from flowkit.flow import default_engine
 
             object.__setattr__(self, "algorithm", default_engine(self.device))
-        if self.algorithm not in ALGORITHMS:
+        if self.algorithm not in ALGORITHMS + BENCH_ALGORITHMS:
             raise ConfigError(f"unknown algorithm {self.algorithm!r}; choose from {', '.join(ALGORITHMS)}")
         from flowkit.flow import list_engines
 
-        if self.algorithm not in list_engines():
+        if self.algorithm not in list_engines(include_hidden=True):
             raise ConfigError(f"--algorithm {self.algorithm} is not available here (available: "
                               f"{', '.join(list_engines())}; tvl1-cuda-opencv needs cv2 built with CUDA)")
         if self.engine_params and not self.algorithm.startswith("tvl1"):
@@ -75,11 +85,15 @@ class FlowConfig:
             raise ConfigError(f"--jpeg-quality must be in 1..100, got {self.jpeg_quality}")
         get_layout(self.layout)
         Resize(self.short_side, self.size)
+        from flowkit.outputs.jpeg import resolve_jpeg_encoder  # recorded: the encoder changes JPEG bytes
+
+        object.__setattr__(self, "jpeg_encoder", resolve_jpeg_encoder(self.jpeg_encoder, self.device))
 
     def output_config(self) -> dict[str, Any]:
         """What decides the output (device and batch size do not: a batch equals single runs)."""
         config = asdict(self)
         del config["device"], config["batch_size"]
+        config["decode"] = self.decode.output_config()
         return config
 
 
@@ -144,13 +158,12 @@ class FlowPipeline:
         # Any file added to or removed from the folder later changes its mtime: one stat verifies it.
         record["folder_mtime_ns"] = (self.out_dir / unit.uid).stat().st_mtime_ns
         manifest.write_done(unit.uid, record)
-        notes = [(str(item.path), record["note"])] if "note" in record else []
+        notes = [(str(item.path), record[k]) for k in ("note", "truncated") if k in record]
         return UnitResult(unit.uid, "done", frames=record["num_frames"], record=record, notes=notes)
 
-    def finalize(self, manifest: Manifest) -> None:
+    def finalize(self, manifest: Manifest) -> list[tuple[str, str]]:
         """Rebuild the annotation lists from every done record (all shards)."""
-        kinds = ["rgb", "flow"] if self.cfg.format in ("jpg", "png") else ["flow"]
-        write_lists(self.out_dir, manifest.all_done(), kinds if self.cfg.rgb else ["flow"])
+        return write_job_lists(manifest, flow_job_list_kinds(self.output_config()), self.cfg.classes)[1]
 
 
 def verify_video_folder(folder: str | Path, record: dict[str, Any], cfg: FlowConfig) -> bool:
@@ -179,12 +192,15 @@ def verify_video_folder(folder: str | Path, record: dict[str, Any], cfg: FlowCon
 
 def extract_video(item: VideoItem, target: Path, cfg: FlowConfig, device: str) -> dict[str, Any]:
     """Decode once, write RGB and flow for one video into `target` (atomically); returns the done record."""
-    reader = VideoReader(item.path, Resize(cfg.short_side, cfg.size))
+    reader = VideoReader(item.path, Resize(cfg.short_side, cfg.size), cfg.decode)
     engine = engine_for(cfg, device)
     batch = cfg.batch_size or default_batch_size(getattr(engine, "device", device))
+    from flowkit.outputs.jpeg import make_jpeg_encoder
+
+    encoder = None if cfg.jpeg_encoder == "opencv" else make_jpeg_encoder(cfg.jpeg_encoder, device)
     resume = _resumable(item, target, cfg)
-    with FolderWriter(target, resume_dir=resume.folder if resume else None) as writer:
-        sink = _make_sink(writer, cfg, item)
+    with FolderWriter(target, jpeg_encoder=encoder, resume_dir=resume.folder if resume else None) as writer:
+        sink = _make_sink(writer, cfg, item, engine)
         rgb = _stream(reader, engine, batch, sink, writer, cfg, resume)
         sink.close()
         if resume is not None:
@@ -193,6 +209,8 @@ def extract_video(item: VideoItem, target: Path, cfg: FlowConfig, device: str) -
               "rgb": rgb, "flow": sink.count, "format": cfg.format}
     if reader.warnings:
         record["warnings"] = reader.warnings
+    if reader.truncated:
+        record["truncated"] = reader.truncated
     if reader.num_frames <= cfg.step:
         record["note"] = f"only {reader.num_frames} frame(s): RGB written, no flow pairs at step {cfg.step}"
         log.warning("%s: %s", item.path, record["note"])
@@ -210,14 +228,24 @@ def _resumable(item: VideoItem, target: Path, cfg: FlowConfig) -> Partial | None
     return Partial.open(target, identity, get_layout(cfg.layout), cfg.format)
 
 
-def _make_sink(writer: FolderWriter, cfg: FlowConfig, item: VideoItem) -> Any:
+def _make_sink(writer: FolderWriter, cfg: FlowConfig, item: VideoItem, engine: Any) -> Any:
     if cfg.format in ("jpg", "png"):
         return ImagePairSink(writer, get_layout(cfg.layout), cfg.format, cfg.bound, cfg.jpeg_quality)
     if cfg.format == "h5":
-        attrs = {"source": str(item.path), "video_id": item.video_id, "algorithm": cfg.algorithm,
-                 "step": cfg.step, "config": cfg.output_config()}
-        return H5Sink(writer.tmp_dir / "flow.h5", attrs)
-    return NpySink(writer.tmp_dir)
+        return H5Sink(writer.tmp_dir / "flow.h5", flow_metadata(cfg, item, engine))
+    return NpySink(writer.tmp_dir, flow_metadata(cfg, item, engine))
+
+
+def flow_metadata(cfg: FlowConfig, item: VideoItem, engine: Any) -> dict[str, Any]:
+    """What a lossless flow file carries: source, engine and every parameter it ran with, the config."""
+    import flowkit
+
+    params = getattr(engine, "params", None)
+    if dataclasses.is_dataclass(params):
+        params = dataclasses.asdict(params)
+    return {"source": str(item.path), "video_id": item.video_id, "algorithm": cfg.algorithm,
+            "engine_params": json.loads(json.dumps(params or cfg.engine_params, default=str)),
+            "step": cfg.step, "config": cfg.output_config(), "flowkit_version": flowkit.__version__}
 
 
 def _stream(reader: VideoReader, engine: Any, batch: int, sink: Any, writer: FolderWriter,
