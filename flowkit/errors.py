@@ -37,3 +37,18 @@ class EngineUnavailableError(ConfigError):
 
 class ManifestError(FlowkitError):
     """An output folder whose job record conflicts with the requested run."""
+
+
+class OutputError(FlowkitError):
+    """An output folder that cannot be written: read-only, full, or not ours to replace."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's preemption, `kill`): stop cleanly like Ctrl-C, releasing the lock."""
+
+
+def os_error_text(exc: OSError) -> str:
+    """One line for an OSError: the path(s) it names, then the system's cause."""
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {cause}" if paths else cause

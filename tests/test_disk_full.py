@@ -136,3 +136,71 @@ def test_features_enospc_on_a_fresh_shard(videos, tmp_path, monkeypatch):
     ] == [1, 1, 1]  # one line per video
     assert not list(out.glob("*.h5")) and leftovers(out) == []
     assert Manifest(out).all_done() == []
+
+
+def one_error_line(text: str) -> str:
+    assert "Traceback" not in text, text
+    errors = [line for line in text.splitlines() if line.startswith("flowkit: error:")]
+    assert len(errors) == 1, text
+    return errors[0]
+
+
+def test_a_read_only_output_is_one_line(videos, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from test_bad_inputs import DROP_DAC
+
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o555)
+    prefix = DROP_DAC if os.geteuid() == 0 else []
+    if prefix and subprocess.run([*prefix, "true"]).returncode != 0:
+        pytest.skip("cannot drop root's file-permission override here")
+    proc = subprocess.run([*prefix, sys.executable, "-m", "flowkit", "sample-frames", str(videos), "-o",
+                           str(out), "-q"], capture_output=True, text=True, timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the output folder stayed writable (file permissions are not enforced here)")
+    assert proc.returncode == 1
+    line = one_error_line(proc.stderr)
+    assert str(out / ".flowkit") in line and "Permission denied" in line
+
+
+def test_a_full_disk_when_taking_the_lock_is_one_line(videos, tmp_path, monkeypatch):
+    import os
+
+    real_open = os.open
+
+    def full(path, *args, **kwargs):
+        if "locks" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", full)
+    out = tmp_path / "out"
+    result = run("sample-frames", videos, "-o", out)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    line = one_error_line(result.output)
+    assert str(out / ".flowkit" / "locks") in line and "No space left on device" in line
+    monkeypatch.undo()
+    assert run("sample-frames", videos, "-o", out).exit_code == 0  # space freed: the run starts
+
+
+def test_a_full_disk_while_writing_the_lists_still_prints_the_summary(videos, tmp_path, monkeypatch):
+    from flowkit.outputs import lists
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(lists, "atomic_write_text", full)
+    out = tmp_path / "out"
+    result = run("sample-frames", videos, "-o", out)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output and "done 3" in result.output
+    (line,) = [line for line in result.output.splitlines() if line.startswith("ERROR ")]
+    assert str(out / "list_rgb.txt") in line and "No space left on device" in line
+    assert not list((out / ".flowkit" / "locks").glob("*.lock"))
+    monkeypatch.undo()
+    again = run("sample-frames", videos, "-o", out)
+    assert again.exit_code == 0 and (out / "list_rgb.txt").is_file(), again.output

@@ -2,29 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-from flowkit.errors import ConfigError, FlowkitError, ManifestError
+from flowkit.errors import ConfigError, FlowkitError, ManifestError, Terminated, os_error_text
 
 log = logging.getLogger("flowkit")
 
 
 # -- error handling at the edge -------------------------------------------------------------------
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn typed library errors into one clear line; FLOWKIT_DEBUG=1 shows the traceback."""
+    """Turn typed library errors and OS errors into one clear line; FLOWKIT_DEBUG=1 shows the traceback.
+
+    SIGTERM (a scheduler's preemption, `kill`) stops the command like Ctrl-C: the run's `finally`
+    blocks give its lock back, and the exit code is 143 (130 for Ctrl-C).
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with sigterm_as_interrupt():
+                return func(*args, **kwargs)
+        except Terminated:
+            click.echo("flowkit: terminated (SIGTERM); rerun the same command to resume", err=True)
+            sys.exit(143)
         except KeyboardInterrupt:
             click.echo("flowkit: interrupted; rerun the same command to resume", err=True)
             sys.exit(130)
@@ -33,8 +44,36 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             click.echo(f"flowkit: error: {exc}", err=True)
             sys.exit(2 if isinstance(exc, ConfigError | ManifestError) else 1)
+        except OSError as exc:  # a read-only or full output folder: one line naming the path
+            if os.environ.get("FLOWKIT_DEBUG"):
+                raise
+            click.echo(f"flowkit: error: {os_error_text(exc)}", err=True)
+            sys.exit(1)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM raises Terminated (a KeyboardInterrupt) in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        received.append(signum)
+        raise Terminated(f"terminated by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    except Exception as exc:
+        if received:  # e.g. the workers died of the same signal first: still a termination
+            raise Terminated(f"terminated by signal {received[0]}") from exc
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def setup_logging(quiet: bool) -> None:
@@ -101,6 +140,9 @@ def batch_options(func: Callable[..., Any]) -> Callable[..., Any]:
     decorators = [
         click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
                      help="Output folder (created; holds .flowkit/ with the resumable manifest)."),
+        click.option("--root", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+                     help="Video ids are paths relative to this folder (default: INPUT's folder, or for a "
+                          "list file its folder or the folder its videos share)."),
         click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
                      help="Parallel workers (processes with the loky backend)."),
         click.option("--backend", type=click.Choice(["loky", "threading", "sequential", "dask"]),

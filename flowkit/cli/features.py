@@ -148,6 +148,7 @@ from flowkit.cli.common import (
 def features(
     input_path: Path,
     out_dir: Path,
+    root: Path | None,
     jobs: int,
     backend: str,
     scheduler: str | None,
@@ -186,5 +187,5 @@ def features(
     opts = run_options(
         max(jobs, len(devices)), backend, scheduler, shard, overwrite, retry_failed, quiet, devices
     )
-    items = discover(input_path, input_frames=decode.input_frames)
+    items = discover(input_path, root, input_frames=decode.input_frames)
     finish(run_pipeline(FeaturesPipeline(cfg, out_dir), items, out_dir, opts))

@@ -120,7 +120,8 @@ def parse_devices(text: str) -> tuple[str, tuple[str, ...]]:
 @handle_errors
 def extract_flow(input_path: Path, out_dir: Path, jobs: int, backend: str, scheduler: str | None,
                  shard: str | None, overwrite: bool, retry_failed: bool, quiet: bool, device: str,
-                 short_side: int | None, size: str | None, fmt: str | None, **options: Any) -> None:
+                 root: Path | None, short_side: int | None, size: str | None, fmt: str | None,
+                 **options: Any) -> None:
     """Compute dense optical flow (TV-L1 by default) and RGB frames for every video.
 
     INPUT is a folder (searched recursively for videos), one video, or a text file listing paths.
@@ -144,7 +145,7 @@ def extract_flow(input_path: Path, out_dir: Path, jobs: int, backend: str, sched
                      engine_params=engine_params, device=engine_device, decode=decode)
     opts = run_options(max(jobs, len(devices)), backend, scheduler, shard, overwrite, retry_failed, quiet,
                        devices)
-    items = discover(input_path, input_frames=decode.input_frames)
+    items = discover(input_path, root, input_frames=decode.input_frames)
     finish(run_pipeline(FlowPipeline(cfg, out_dir), items, out_dir, opts))
 
 

@@ -98,7 +98,7 @@ def make_resize_kwargs(short_side: int | None, size: str | None) -> dict[str, An
 @decode_options
 @handle_errors
 def sample_frames(input_path: Path, out_dir: Path, jobs: int, backend: str, scheduler: str | None,
-                  shard: str | None, overwrite: bool, retry_failed: bool, quiet: bool,
+                  root: Path | None, shard: str | None, overwrite: bool, retry_failed: bool, quiet: bool,
                   short_side: int | None, size: str | None, fmt: str | None, **sampler: Any) -> None:
     """Sample frames from every video and write them with their indices and timestamps.
 
@@ -118,5 +118,5 @@ def sample_frames(input_path: Path, out_dir: Path, jobs: int, backend: str, sche
     cfg = FramesConfig(**drop_unset(format=fmt, **sampler), **make_resize_kwargs(short_side, size),
                        decode=decode)
     opts = run_options(jobs, backend, scheduler, shard, overwrite, retry_failed, quiet)
-    items = discover(input_path, input_frames=decode.input_frames)
+    items = discover(input_path, root, input_frames=decode.input_frames)
     finish(run_pipeline(FramesPipeline(cfg, out_dir), items, out_dir, opts))

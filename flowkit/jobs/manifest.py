@@ -14,9 +14,7 @@ import hashlib
 import heapq
 import itertools
 import json
-import math
 import os
-import re
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -28,6 +26,7 @@ import flowkit
 from flowkit.atomic import atomic_write_text
 from flowkit.errors import ManifestError
 from flowkit.jobs.donestore import DoneStore, read_json_lines
+from flowkit.jobs.lock import RunLock  # the lock has its own module; the name stays importable here
 
 STATE_DIR = ".flowkit"
 
@@ -218,83 +217,4 @@ class EventLog:
             os.close(self._fd)
 
 
-def _parse_tag(tag: str) -> tuple[int, int] | None:
-    match = re.fullmatch(r"shard-(\d+)-of-(\d+)", tag)
-    return (int(match[1]), int(match[2])) if match else None
-
-
-class RunLock:
-    """An exclusive lock on one shard of an output folder, so two runs never write the same units."""
-
-    def __init__(self, manifest: Manifest, tag: str) -> None:
-        self._manifest = manifest
-        self.path = manifest.state_dir / "locks" / f"{tag}.lock"
-
-    def acquire(self) -> None:
-        """Take the lock or raise ManifestError naming the holder; reclaim a dead holder's lock."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if not self._stale():
-                    raise ManifestError(self._held_message()) from None
-                with contextlib.suppress(FileNotFoundError):
-                    self.path.unlink()
-                continue
-            os.write(
-                fd,
-                json.dumps(
-                    {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
-                ).encode(),
-            )
-            os.close(fd)
-            self._refuse_overlapping()
-            return
-        raise ManifestError(self._held_message())
-
-    def _refuse_overlapping(self) -> None:
-        """Shards i/N and j/M share units when i = j mod gcd(N, M): a live lock blocks the other."""
-        mine = _parse_tag(self.path.stem)
-        for other in sorted(self.path.parent.glob("*.lock")):
-            theirs = _parse_tag(other.stem)
-            if other == self.path or mine is None or theirs is None:
-                continue
-            if (mine[0] - theirs[0]) % math.gcd(mine[1], theirs[1]) == 0:
-                lock = RunLock(self._manifest, other.stem)
-                if not lock._stale():
-                    self.release()
-                    raise ManifestError(
-                        f"{lock._held_message()} (its {other.stem} overlaps {self.path.stem})"
-                    )
-
-    def _owner(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            return {}
-
-    def _stale(self) -> bool:
-        owner = self._owner()
-        if owner.get("host") != socket.gethostname():
-            return False  # another machine: only a person can say it is gone
-        try:
-            os.kill(int(owner.get("pid", -1)), 0)
-        except (ProcessLookupError, ValueError):
-            return True
-        except PermissionError:
-            return False
-        return False
-
-    def _held_message(self) -> str:
-        owner = self._owner()
-        return (
-            f"another flowkit run (host {owner.get('host', '?')}, pid {owner.get('pid', '?')}) is "
-            f"writing this output; wait for it, or delete {self.path} if it is gone"
-        )
-
-    def release(self) -> None:
-        """Give the lock back."""
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-
+__all__ = ["STATE_DIR", "EventLog", "Manifest", "RunLock", "config_hash", "safe_name"]

@@ -24,8 +24,9 @@ from typing import Any, Protocol
 
 from joblib import Parallel, delayed
 
-from flowkit.errors import ConfigError, FlowkitError, VideoError
-from flowkit.inputs import VideoItem
+from flowkit.atomic import remove_dead_temporaries
+from flowkit.errors import ConfigError, FlowkitError, VideoError, os_error_text
+from flowkit.inputs import VideoItem, printable
 from flowkit.jobs import progress
 from flowkit.jobs.manifest import STATE_DIR, EventLog, Manifest, RunLock
 from flowkit.jobs.status import EXIT_FAILED, EXIT_INCOMPLETE
@@ -127,11 +128,12 @@ class RunSummary:
     frames: int = 0
     seconds: float = 0.0
     threads: str = ""  # the thread budget used (ThreadBudget.describe)
+    errors: list[str] = field(default_factory=list)  # failures of the run itself (e.g. writing lists)
 
     @property
     def exit_code(self) -> int:
-        """1 when a unit failed, 3 when units were left unfinished (not attempted), else 0."""
-        if self.failed:
+        """1 when a unit (or the run's finishing step) failed, 3 when units were left unfinished, else 0."""
+        if self.failed or self.errors:
             return EXIT_FAILED
         return EXIT_INCOMPLETE if self.pending else 0
 
@@ -151,6 +153,7 @@ class RunSummary:
         out += [f"threads: {self.threads}"] if self.threads else []
         out += [f"NOTE {path}: {remark}" for path, remark in self.notes]
         out += [f"FAILED {path}: {cause}" for _, path, cause in self.failed]
+        out += [f"ERROR {error}" for error in self.errors]
         return out
 
 
@@ -237,6 +240,9 @@ def execute_unit(
         path = str(unit.items[0].path) if len(unit.items) == 1 else unit.uid
         result = UnitResult(unit.uid, "failed", failures=[(path, one_line(exc, path))])
     result.seconds = time.perf_counter() - start
+    # Names may hold newlines or escapes: each failure and note stays one line, here and in the log.
+    result.failures = [(printable(p), printable(c)) for p, c in result.failures]
+    result.notes = [(printable(p), printable(r)) for p, r in result.notes]
     write_end_event(events, result, ctx.tag)
     return result
 
@@ -321,6 +327,8 @@ def _select_one(pipeline: Pipeline, unit: Unit, manifest: Manifest, opts: RunOpt
     if opts.overwrite:
         manifest.clear_done(unit.uid)
         todo.append(unit)
+    elif len(unit.items) == 1 and unit.items[0].error:
+        todo.append(unit)  # a listing problem (bad id, missing file) fails now, whatever was done
     elif pipeline.is_done(unit, manifest):
         summary.skipped += 1
     elif opts.retry_failed and unit.uid not in last_failed:
@@ -348,6 +356,7 @@ def run_pipeline(
         manifest.open_job(pipeline.command, pipeline.output_config(), options.overwrite)
         summary = RunSummary()
         units = pipeline.make_units(items)
+        _remove_dead_temporaries(manifest, items)
         manifest.write_units([u.uid for u in units])
         todo = _select(pipeline, units, manifest, options, summary)
         progress.clear_shard(manifest, options.shard_tag)
@@ -361,7 +370,7 @@ def run_pipeline(
         for result in bar.follow(_results(pipeline, todo, ctx, options, budget)):
             _account(summary, result)
         summary.seconds = time.perf_counter() - start
-        summary.failed.extend(("finalize", path, cause) for path, cause in pipeline.finalize(manifest) or ())
+        _finalize(pipeline, manifest, summary)
         _compact(manifest, units, options, ctx.run)
         return summary
     finally:
@@ -388,6 +397,25 @@ def thread_budget(options: RunOptions, units: int) -> ThreadBudget:
 def _in_processes(options: RunOptions, units: int) -> bool:
     """Whether the units run in worker processes (loky with >1 job, dask) rather than here."""
     return options.backend == "dask" or (options.backend == "loky" and min(options.jobs, units) > 1)
+def _remove_dead_temporaries(manifest: Manifest, items: Sequence[VideoItem]) -> None:
+    """Temporaries of killed writers: in .flowkit, at the top of OUT and beside every video's output."""
+    state = manifest.state_dir
+    parents = {(manifest.out_dir / item.video_id).parent for item in items if not item.error}
+    removed = remove_dead_temporaries([state, state / "done", state / "locks", manifest.out_dir, *parents])
+    if removed:
+        log.debug("removed %d temporaries of killed runs", len(removed))
+
+
+def _finalize(pipeline: Pipeline, manifest: Manifest, summary: RunSummary) -> None:
+    """Write what spans units; a full or read-only disk is reported in the summary, not as a traceback."""
+    try:
+        failures = pipeline.finalize(manifest) or ()
+        summary.failed.extend(("finalize", path, cause) for path, cause in failures)
+    except OSError as exc:
+        if os.environ.get("FLOWKIT_DEBUG"):
+            raise
+        summary.errors.append(f"{os_error_text(exc)} (while finishing the output; what is done is kept, "
+                              "rerun the same command once this is fixed)")
 
 
 def _account(summary: RunSummary, result: UnitResult) -> None:

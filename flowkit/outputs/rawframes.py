@@ -7,8 +7,8 @@ place only when complete, so a killed run never leaves a half-written folder und
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
+import re
 import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,7 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from flowkit.errors import ConfigError
+from flowkit.atomic import remove_temporaries_of, temp_path
+from flowkit.errors import ConfigError, FlowkitError
 
 
 @dataclass(frozen=True)
@@ -98,9 +99,9 @@ class FolderWriter:
         self.final_dir = Path(final_dir)
         # A resumable folder (extract-flow's `.NAME.partial`) is reused and survives Ctrl-C / SIGTERM.
         self.resumable = resume_dir is not None
-        fresh = self.final_dir.parent / f".{self.final_dir.name}.tmp-{os.getpid()}"
-        self.tmp_dir = Path(resume_dir) if resume_dir else fresh
+        self.tmp_dir = Path(resume_dir) if resume_dir else temp_path(self.final_dir, "tmp")
         remove_stale(self.final_dir)
+        self._made = _missing_parents(self.tmp_dir)
         self.tmp_dir.mkdir(parents=True, exist_ok=self.resumable)
         self._prefix = f"{self.tmp_dir}{os.sep}"  # str paths: pathlib costs more than a JPEG's write
         self._pool = ThreadPoolExecutor(max_workers=threads)
@@ -165,7 +166,12 @@ class FolderWriter:
         self._pool.shutdown()
         old = None
         if self.final_dir.exists():
-            old = self.final_dir.parent / f".{self.final_dir.name}.old-{os.getpid()}"
+            try:
+                check_replaceable(self.final_dir, set(os.listdir(self.tmp_dir)))
+            except BaseException:
+                self.abort()
+                raise
+            old = temp_path(self.final_dir, "old")
             os.replace(self.final_dir, old)
         os.replace(self.tmp_dir, self.final_dir)
         if old is not None:
@@ -178,6 +184,9 @@ class FolderWriter:
             self._drain()
         self._pool.shutdown(cancel_futures=True)
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        for folder in self._made:  # deepest first; one another writer filled meanwhile stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
     def __enter__(self) -> FolderWriter:
         return self
@@ -193,16 +202,35 @@ class FolderWriter:
 
 def remove_stale(final: Path) -> None:
     """Delete temporary leftovers of `final` from killed runs (same unit, so never another run's work)."""
-    parent = final.parent
-    if not parent.is_dir():
-        return
-    name = glob.escape(final.name)
-    for pattern in (f".{name}.tmp-*", f".{name}.old-*", f".{name}.*.tmp"):
-        for leftover in parent.glob(pattern):
-            if leftover.is_dir():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
+    remove_temporaries_of(final)
+
+
+# What a video's output folder may hold: frames and flows of any layout, and the per-video files.
+_OUTPUT_FILE = re.compile(r"^[A-Za-z]+(?:_[xy])?_\d+\.(?:jpg|png)$")
+_OUTPUT_NAMES = frozenset({"flow.h5", "flow.npy", "timestamps.npy", "sampling.json"})
+
+
+def check_replaceable(final: Path, written: set[str]) -> None:
+    """Refuse to replace a folder that is not a video's own output: one holding a sub-folder (other
+    videos' outputs, OUT itself) or files flowkit does not write. Defence in depth behind safe ids."""
+    with os.scandir(final) as entries:
+        for entry in entries:
+            ours = entry.name in written or _OUTPUT_FILE.match(entry.name) or entry.name in _OUTPUT_NAMES
+            if entry.is_dir(follow_symlinks=False) or not ours:
+                raise FlowkitError(
+                    f"{final}: not replacing this folder, it holds {entry.name!r}, which is not part of "
+                    "one video's output (another video's output or a foreign file)"
+                )
+
+
+def _missing_parents(folder: Path) -> list[Path]:
+    """The ancestors of `folder` that do not exist yet, deepest first (to remove them on abort)."""
+    missing = []
+    parent = folder.parent
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    return missing
 
 
 def count_files(folder: Path, prefix: str) -> int:
