@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,6 @@ import pytest
 from clirun import run
 
 import flowkit
-import flowkit.atomic
 
 HERE = Path(__file__).resolve().parent
 
@@ -58,30 +56,7 @@ def test_kill_9_at_every_file_operation_then_resume(make_video, weights, tmp_pat
     bad.write_bytes(good)
     reports = sweep(tmp_path / "sweep", {"flow": (flow, empty, 1), "features": (features, empty, 4),
                                          "rerun": (features, failed, 3)})
-    pending = []
     for name, report in reports.items():
         assert report["ref_code"] == 0, name
         assert report["total"] >= 20 and len(report["points"]) >= 8, (name, report["total"])
-        problems = report["problems"]
-        if not LOCKS_AND_TEMPORARIES_FIXED:
-            pending += [p for p in problems if _locks_or_temporaries(p)]
-            problems = [p for p in problems if not _locks_or_temporaries(p)]
-        assert problems == [], (name, problems[:10])
-    if pending:
-        pytest.xfail(f"{len(pending)} kill points wait for atomic lock creation and dead-writer temporaries "
-                     f"cleanup (issue 13.5/13.7), e.g. {pending[0]}")
-
-
-# Issue 13.5 (a lock created with its owner inside) and 13.7 (a rerun removes temporaries of dead
-# writers) are fixed in flowkit.atomic / the lock by another change; until it is in, their kill points
-# are reported as an expected failure instead of hiding the others. Drop this once it is merged.
-LOCKS_AND_TEMPORARIES_FIXED = hasattr(flowkit.atomic, "remove_dead_temporaries")
-
-
-def _locks_or_temporaries(problem: str) -> bool:
-    if ": resume exited 2 " in problem:  # an empty lock file refused the rerun
-        return True
-    if ": temporaries left " in problem:
-        names = problem.split("temporaries left ", 1)[1]
-        return all(re.search(r"\.\d+\.tmp'?$", n.strip(" []'")) for n in names.split(","))
-    return False
+        assert report["problems"] == [], (name, report["problems"][:10])
