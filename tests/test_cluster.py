@@ -197,8 +197,10 @@ def test_retry_failed_reruns_only_the_failed_units(videos, weights, tmp_path, co
     bad.write_bytes(good)
     Manifest(out).clear_done(unit_ids(command)[0])  # looks not done, but it did not fail last time
     again = run(command, videos, "-o", out, *args, "--retry-failed")
-    assert again.exit_code == 0, again.output
+    assert again.exit_code == 3, again.output  # a unit is left unfinished: not a success
     assert "done 1, skipped 3 (already done), failed 0, not attempted 1" in again.output
+    status = run("status", out)
+    assert status.exit_code == 3 and "state: incomplete" in status.output, status.output
     assert unit_ids(command)[2] in done_units(out) and unit_ids(command)[0] not in done_units(out)
 
 

@@ -89,6 +89,7 @@ def test_retry_failed_reruns_only_failed_units(tmp_path):
     (tmp_path / "v02.txt").unlink()  # v02 now looks not done, but it did not fail
     s = run_pipeline(FakePipeline(tmp_path), items(3), tmp_path, RunOptions(quiet=True, retry_failed=True))
     assert s.done == 1 and s.pending == 1 and s.skipped == 1
+    assert s.exit_code == 3  # v02 is left unfinished: --retry-failed did not complete the job
 
 
 def test_parallel_loky_and_threading(tmp_path):

@@ -14,10 +14,17 @@ from flowkit.cli.common import given_threads, handle_errors, threads_option
 @click.argument("out_dir", metavar="OUT", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @handle_errors
 def status(out_dir: Path) -> None:
-    """Show a job's progress per shard, its failures with causes, and its throughput.
+    """Show a job's progress per shard, running vs interrupted units (frames done), failures, throughput.
 
-    Exits 1 when some unit failed, like the run itself.
+    A unit is running while its shard's lock holder is alive, interrupted when that process is gone.
 
+    \b
+    Exit codes:
+      0  every unit done
+      1  some unit failed (its last attempt)
+      2  no flowkit job in OUT (or an unreadable manifest)
+      3  incomplete and no run is writing: rerun the same command to resume
+      4  a run is still writing this output
     \b
     Example:
       flowkit status out/flow

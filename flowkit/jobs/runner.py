@@ -8,25 +8,28 @@ depends on what is already done.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 import traceback
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from joblib import Parallel, delayed, parallel_config
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
+from joblib import Parallel, delayed
 
 from flowkit.atomic import remove_dead_temporaries
 from flowkit.errors import ConfigError, FlowkitError, VideoError, os_error_text
 from flowkit.inputs import VideoItem, printable
-from flowkit.jobs.manifest import EventLog, Manifest, RunLock
+from flowkit.jobs import progress
+from flowkit.jobs.manifest import STATE_DIR, EventLog, Manifest, RunLock
+from flowkit.jobs.status import EXIT_FAILED, EXIT_INCOMPLETE
 from flowkit.threads import ThreadBudget, apply_budget, derive_budget
 
 log = logging.getLogger("flowkit")
@@ -115,7 +118,7 @@ class RunOptions:
 
 @dataclass
 class RunSummary:
-    """Counts and failures of one run; exit code 0 only when nothing failed."""
+    """Counts and failures of one run; exit code 0 only when every unit of the shard is done."""
 
     done: int = 0
     skipped: int = 0
@@ -129,8 +132,10 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
-        """0 when nothing failed, else 1."""
-        return 1 if self.failed or self.errors else 0
+        """1 when a unit (or the run's finishing step) failed, 3 when units were left unfinished, else 0."""
+        if self.failed or self.errors:
+            return EXIT_FAILED
+        return EXIT_INCOMPLETE if self.pending else 0
 
     def lines(self) -> list[str]:
         """Human-readable summary: one line of counts, then one line per failure."""
@@ -143,6 +148,8 @@ class RunSummary:
         if self.pending:
             head += f", not attempted {self.pending}"
         out = [head + f" in {self.seconds:.1f}s{rate}"]
+        if self.pending:
+            out.append(f"{self.pending} unit(s) never finished: rerun without --retry-failed to do them")
         out += [f"threads: {self.threads}"] if self.threads else []
         out += [f"NOTE {path}: {remark}" for path, remark in self.notes]
         out += [f"FAILED {path}: {cause}" for _, path, cause in self.failed]
@@ -182,28 +189,51 @@ def _device_queue(devices: Sequence[str], jobs: int, manager: Any) -> Any:
 
 
 # -- one unit, inside a worker --------------------------------------------------------------------
-_event_logs: dict[tuple[str, str], EventLog] = {}
+@dataclass(frozen=True)
+class RunContext:
+    """What every unit of one run shares: the (absolute) output folder, shard tag, run number, origin."""
+
+    out_dir: Path
+    tag: str
+    run: int = 0
+    check_paths: bool = False  # a Dask worker may not see the client's folders: check before working
 
 
-def _event_log(out_dir: Path, tag: str) -> EventLog:
-    key = (str(out_dir), f"{tag}-{os.getpid()}-{threading.get_ident()}")
+_event_logs: dict[tuple[str, str, int, int, int], EventLog] = {}
+
+
+def _event_log(ctx: RunContext) -> EventLog:
+    key = (str(ctx.out_dir), ctx.tag, ctx.run, os.getpid(), threading.get_ident())
     if key not in _event_logs:
-        _event_logs[key] = EventLog(Manifest(out_dir), f"{tag}-t{threading.get_ident() % 10000}")
+        for old in [k for k in _event_logs if k[0] == key[0] and k[2] != ctx.run]:
+            _event_logs.pop(old).close()  # a long-lived worker of an earlier run
+        tag = f"{ctx.tag}-r{ctx.run}-t{threading.get_ident() % 10000}"
+        _event_logs[key] = EventLog(Manifest(ctx.out_dir), tag, ctx.run)
     return _event_logs[key]
 
 
+def close_event_logs(out_dir: Path) -> None:
+    """Close this process's event logs of an output folder (end of a run)."""
+    for key in [k for k in _event_logs if k[0] == str(out_dir)]:
+        _event_logs.pop(key).close()
+
+
 def execute_unit(
-    pipeline: Pipeline, unit: Unit, out_dir: Path, tag: str, devices: Any = None
+    pipeline: Pipeline, unit: Unit, ctx: RunContext, devices: Any = None
 ) -> UnitResult:
     """Run one unit and never raise: every exception becomes a failed result with a one-line cause."""
     if devices is not None and getattr(_thread_device, "device", None) is None:
         with contextlib.suppress(queue.Empty):
             _thread_device.device = devices.get(timeout=5)
-    events = _event_log(out_dir, tag)
-    events.write("start", unit=unit.uid, device=current_device(""))
+    unseen = unseen_path(pipeline, unit, ctx) if ctx.check_paths else None
+    if unseen is not None:  # cannot even log: the output folder may be what is missing
+        return UnitResult(unit.uid, "failed", failures=[unseen])
+    events = _event_log(ctx)
+    events.write("start", unit=unit.uid, shard=ctx.tag, device=current_device(""))
     start = time.perf_counter()
     try:
-        result = pipeline.process(unit, Manifest(out_dir))
+        with progress.tracking(Manifest(ctx.out_dir), ctx.tag, unit.uid, ctx.run):
+            result = pipeline.process(unit, Manifest(ctx.out_dir))
     except Exception as exc:  # noqa: BLE001 - workers return failures as values
         if os.environ.get("FLOWKIT_DEBUG"):
             traceback.print_exc()
@@ -213,11 +243,56 @@ def execute_unit(
     # Names may hold newlines or escapes: each failure and note stays one line, here and in the log.
     result.failures = [(printable(p), printable(c)) for p, c in result.failures]
     result.notes = [(printable(p), printable(r)) for p, r in result.notes]
-    fields = {"unit": unit.uid, "shard": tag, "seconds": round(result.seconds, 3), "frames": result.frames}
+    write_end_event(events, result, ctx.tag)
+    return result
+
+
+def write_end_event(events: EventLog, result: UnitResult, tag: str) -> None:
+    """Log how a unit ended (done / failed, seconds, frames, failures)."""
+    fields = {"unit": result.uid, "shard": tag, "seconds": round(result.seconds, 3), "frames": result.frames}
     if result.failures:
         fields["failures"] = result.failures
     events.write(result.status, **fields)
-    return result
+
+
+def path_fields(pipeline: Any) -> dict[str, str]:
+    """The file/folder options of a pipeline's config that workers read (its `path_fields`), if set."""
+    cfg = getattr(pipeline, "cfg", None)
+    names = getattr(cfg, "path_fields", ())
+    return {name: getattr(cfg, name) for name in names if getattr(cfg, name, None)}
+
+
+def unseen_path(pipeline: Pipeline, unit: Unit, ctx: RunContext) -> tuple[str, str] | None:
+    """(path, cause) for the first path of this unit this worker cannot see, else None."""
+    host = socket.gethostname()
+    where = f"not visible on worker host {host} (workers must see the client's paths: a shared filesystem)"
+    if not (ctx.out_dir / STATE_DIR / "job.json").is_file():
+        return str(ctx.out_dir), f"output folder {where}"
+    for item in unit.items:
+        if item.error is None and not os.path.exists(item.path):
+            return str(item.path), f"input {where}"
+    for name, value in path_fields(pipeline).items():
+        if not os.path.exists(value):
+            return str(value), f"--{name.replace('_', '-')} {where}"
+    return None
+
+
+def with_absolute_paths(
+    pipeline: Pipeline, items: Sequence[VideoItem], out: Path
+) -> tuple[Pipeline, list[VideoItem], Path]:
+    """Resolve every path on the client (inputs, output, config files) before work is shipped anywhere."""
+    out = Path(os.path.abspath(out))
+    items = [dataclasses.replace(i, path=Path(os.path.abspath(i.path))) for i in items]
+    if dataclasses.is_dataclass(pipeline):
+        changes: dict[str, Any] = {}
+        if hasattr(pipeline, "out_dir"):
+            changes["out_dir"] = Path(os.path.abspath(pipeline.out_dir))
+        fields = path_fields(pipeline)
+        if fields:
+            absolute = {k: os.path.abspath(v) for k, v in fields.items()}
+            changes["cfg"] = dataclasses.replace(pipeline.cfg, **absolute)
+        pipeline = dataclasses.replace(pipeline, **changes)
+    return pipeline, items, out
 
 
 def one_line(exc: BaseException, path: str | None = None) -> str:
@@ -241,35 +316,38 @@ def _select(
     mine = [u for u in units if u.index % n == i]
     last_failed = _last_failed(manifest) if opts.retry_failed else set()
     todo = []
-    for unit in mine:
-        if opts.overwrite:
-            manifest.clear_done(unit.uid)
-            todo.append(unit)
-        elif len(unit.items) == 1 and unit.items[0].error:
-            todo.append(unit)  # a listing problem (bad id, missing file) fails now, whatever was done
-        elif pipeline.is_done(unit, manifest):
-            summary.skipped += 1
-        elif opts.retry_failed and unit.uid not in last_failed:
-            summary.pending += 1
-        else:
-            todo.append(unit)
+    with manifest.done_store.bulk_reads():
+        for unit in mine:
+            _select_one(pipeline, unit, manifest, opts, summary, last_failed, todo)
     return todo
 
 
+def _select_one(pipeline: Pipeline, unit: Unit, manifest: Manifest, opts: RunOptions, summary: RunSummary,
+                last_failed: set[str], todo: list[Unit]) -> None:
+    if opts.overwrite:
+        manifest.clear_done(unit.uid)
+        todo.append(unit)
+    elif len(unit.items) == 1 and unit.items[0].error:
+        todo.append(unit)  # a listing problem (bad id, missing file) fails now, whatever was done
+    elif pipeline.is_done(unit, manifest):
+        summary.skipped += 1
+    elif opts.retry_failed and unit.uid not in last_failed:
+        summary.pending += 1
+    else:
+        todo.append(unit)
+
+
 def _last_failed(manifest: Manifest) -> set[str]:
-    last: dict[str, bool] = {}
-    for ev in manifest.events():
-        if ev.get("event") in ("done", "failed") and "unit" in ev:
-            # A feature shard is "done" even when some of its videos failed: those count as failed.
-            last[ev["unit"]] = ev["event"] == "failed" or bool(ev.get("failures"))
-    return {uid for uid, failed in last.items() if failed}
+    """Units whose last attempt failed (a feature shard "done" with failed videos counts as failed)."""
+    last = manifest.last_events(kinds=("done", "failed"))
+    return {uid for uid, ev in last.items() if ev.get("event") == "failed" or ev.get("failures")}
 
 
 def run_pipeline(
     pipeline: Pipeline, items: Sequence[VideoItem], out_dir: str | Path, options: RunOptions
 ) -> RunSummary:
     """Run a command over its inputs with resume, locking, progress and a summary."""
-    out = Path(out_dir)
+    pipeline, items, out = with_absolute_paths(pipeline, items, Path(out_dir))
     manifest = Manifest(out)
     out.mkdir(parents=True, exist_ok=True)
     lock = RunLock(manifest, options.shard_tag)
@@ -281,18 +359,32 @@ def run_pipeline(
         _remove_dead_temporaries(manifest, items)
         manifest.write_units([u.uid for u in units])
         todo = _select(pipeline, units, manifest, options, summary)
+        progress.clear_shard(manifest, options.shard_tag)
+        ctx = RunContext(out, options.shard_tag, manifest.new_run(), check_paths=options.backend == "dask")
         budget = thread_budget(options, len(todo))
         # Before any pool starts: worker processes inherit the env and apply it in their initializer.
         apply_budget(budget, libraries=not _in_processes(options, len(todo)))
         summary.threads = budget.describe()
         start = time.perf_counter()
-        for result in _progress(_results(pipeline, todo, out, options, budget), len(todo), options.quiet):
+        bar = progress.RunBar(manifest, ctx.tag, len(todo), options.quiet)
+        for result in bar.follow(_results(pipeline, todo, ctx, options, budget)):
             _account(summary, result)
         summary.seconds = time.perf_counter() - start
         _finalize(pipeline, manifest, summary)
+        _compact(manifest, units, options, ctx.run)
         return summary
     finally:
+        close_event_logs(out)
         lock.release()
+
+
+def _compact(manifest: Manifest, units: list[Unit], opts: RunOptions, run: int) -> None:
+    """Fold this shard's done records into its index, so the next resume check reads one file."""
+    i, n = opts.shard
+    try:
+        manifest.compact_done([u.uid for u in units if u.index % n == i], opts.shard_tag, run)
+    except OSError as exc:  # e.g. a full disk: the per-unit records stay valid, only slower to read
+        log.warning("could not compact the done records (%s); they stay valid", exc)
 
 
 def thread_budget(options: RunOptions, units: int) -> ThreadBudget:
@@ -334,39 +426,23 @@ def _account(summary: RunSummary, result: UnitResult) -> None:
     summary.notes.extend(result.notes)
 
 
-def _progress(results: Iterable[UnitResult], total: int, quiet: bool) -> Iterator[UnitResult]:
-    frames = failed = 0
-    start = time.perf_counter()
-    bar = tqdm(total=total, unit="video", disable=quiet or None, dynamic_ncols=True)
-    with logging_redirect_tqdm(), bar:
-        for result in results:
-            frames += result.frames
-            failed += result.status == "failed"
-            bar.update(1)
-            elapsed = max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix(frames_per_s=f"{frames / elapsed:.1f}", failed=failed)
-            yield result
-
-
 def _results(
-    pipeline: Pipeline, todo: list[Unit], out: Path, opts: RunOptions, budget: ThreadBudget
+    pipeline: Pipeline, todo: list[Unit], ctx: RunContext, opts: RunOptions, budget: ThreadBudget
 ) -> Iterator[UnitResult]:
     if not todo:
         return iter(())
-    tag = opts.shard_tag
     jobs = min(opts.jobs, len(todo))
     if opts.backend == "sequential" or (jobs == 1 and opts.backend != "dask"):
         devices = _device_queue(opts.devices, 1, None) if opts.devices else None
-        return (execute_unit(pipeline, u, out, tag, devices) for u in todo)
+        return (execute_unit(pipeline, u, ctx, devices) for u in todo)
     if opts.backend == "dask":
-        return _dask_results(pipeline, todo, out, opts)
-    return _joblib_results(pipeline, todo, out, opts, jobs, budget)
+        return _dask_results(pipeline, todo, ctx, opts)
+    return _joblib_results(pipeline, todo, ctx, opts, jobs, budget)
 
 
 def _joblib_results(
-    pipeline: Pipeline, todo: list[Unit], out: Path, opts: RunOptions, jobs: int, budget: ThreadBudget
+    pipeline: Pipeline, todo: list[Unit], ctx: RunContext, opts: RunOptions, jobs: int, budget: ThreadBudget
 ) -> Iterator[UnitResult]:
-    tag = opts.shard_tag
     kwargs: dict[str, Any] = {}
     devices = None
     if opts.backend == "loky":
@@ -381,11 +457,11 @@ def _joblib_results(
     parallel = Parallel(
         n_jobs=jobs, backend=opts.backend, return_as="generator_unordered", **kwargs
     )
-    yield from parallel(delayed(execute_unit)(pipeline, u, out, tag, devices) for u in todo)
+    yield from parallel(delayed(execute_unit)(pipeline, u, ctx, devices) for u in todo)
 
 
 def _dask_results(
-    pipeline: Pipeline, todo: list[Unit], out: Path, opts: RunOptions
+    pipeline: Pipeline, todo: list[Unit], ctx: RunContext, opts: RunOptions
 ) -> Iterator[UnitResult]:
     try:
         from dask.distributed import Client, LocalCluster
@@ -400,12 +476,45 @@ def _dask_results(
         )
         client = Client(cluster)
     try:
-        with parallel_config(backend="dask"):
-            parallel = Parallel(return_as="generator_unordered")
-            yield from parallel(
-                delayed(execute_unit)(pipeline, u, out, opts.shard_tag) for u in todo
-            )
+        yield from _dask_stream(client, pipeline, todo, ctx)
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _dask_stream(client: Any, pipeline: Pipeline, todo: list[Unit], ctx: RunContext) -> Iterator[UnitResult]:
+    """Submit units a few at a time; a unit whose worker died too often (KilledWorker) fails as a value."""
+    from dask.distributed import as_completed
+
+    waiting = iter(todo)
+    window = max(4, 2 * sum(client.nthreads().values()))
+    running: dict[Any, Unit] = {}
+    finished = as_completed()
+
+    def submit(unit: Unit) -> None:
+        future = client.submit(execute_unit, pipeline, unit, ctx, pure=False,
+                               key=f"flowkit-{ctx.tag}-r{ctx.run}-{unit.index}")
+        running[future] = unit
+        finished.add(future)
+
+    for unit in itertools.islice(waiting, window):
+        submit(unit)
+    for future in finished:
+        unit = running.pop(future)
+        try:
+            yield future.result()
+        except Exception as exc:  # noqa: BLE001 - the worker process died (or the cluster failed it)
+            yield _lost(unit, exc, ctx)
+        nxt = next(waiting, None)
+        if nxt is not None:
+            submit(nxt)
+
+
+def _lost(unit: Unit, exc: BaseException, ctx: RunContext) -> UnitResult:
+    """A unit no worker could finish: recorded as failed by the client, so --retry-failed redoes it."""
+    path = str(unit.items[0].path) if len(unit.items) == 1 else unit.uid
+    cause = f"its worker died ({one_line(exc)}); rerun with --retry-failed"
+    result = UnitResult(unit.uid, "failed", failures=[(path, cause)])
+    write_end_event(_event_log(ctx), result, ctx.tag)
+    return result

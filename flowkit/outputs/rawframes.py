@@ -90,16 +90,19 @@ class FolderWriter:
     """Writes one video's files into a temporary folder on a small thread pool, then renames it into place."""
 
     def __init__(self, final_dir: Path, threads: int | None = None, max_pending: int = 64,
-                 jpeg_encoder: Callable[[Sequence[np.ndarray], int], list[bytes]] | None = None) -> None:
+                 jpeg_encoder: Callable[[Sequence[np.ndarray], int], list[bytes]] | None = None,
+                 resume_dir: Path | None = None) -> None:
         from flowkit.threads import current_budget
 
         budget = current_budget()  # encode threads: the budget's I/O share of this worker
         threads = threads or (budget.io if budget is not None else 2)
         self.final_dir = Path(final_dir)
-        self.tmp_dir = temp_path(self.final_dir, "tmp")
+        # A resumable folder (extract-flow's `.NAME.partial`) is reused and survives Ctrl-C / SIGTERM.
+        self.resumable = resume_dir is not None
+        self.tmp_dir = Path(resume_dir) if resume_dir else temp_path(self.final_dir, "tmp")
         remove_stale(self.final_dir)
         self._made = _missing_parents(self.tmp_dir)
-        self.tmp_dir.mkdir(parents=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=self.resumable)
         self._prefix = f"{self.tmp_dir}{os.sep}"  # str paths: pathlib costs more than a JPEG's write
         self._pool = ThreadPoolExecutor(max_workers=threads)
         self._pending: list[Future[None]] = []
@@ -144,6 +147,10 @@ class FolderWriter:
             return
         _write_bytes(self._prefix + name, encode_image(image, ext, quality))
 
+    def flush(self) -> None:
+        """Wait until every queued file is written (a checkpoint can then count them)."""
+        self._drain()
+
     def _drain(self, keep: int = 0) -> None:
         while len(self._pending) > keep:
             self._pending.pop(0).result()
@@ -187,6 +194,8 @@ class FolderWriter:
     def __exit__(self, exc_type: object, *_: object) -> None:
         if exc_type is None:
             self.commit()
+        elif self.resumable and isinstance(exc_type, type) and issubclass(exc_type, KeyboardInterrupt):
+            self._pool.shutdown(cancel_futures=True)  # interrupted: keep what is finished for the rerun
         else:
             self.abort()
 

@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from flowkit.choices import FEATURE_COMBINES, FEATURE_STREAMS
 from flowkit.decoders import DecodeOptions
 from flowkit.errors import ConfigError, VideoError
 from flowkit.inputs import VideoItem
+from flowkit.jobs import progress
 from flowkit.jobs.manifest import Manifest
 from flowkit.jobs.runner import Unit, UnitResult, current_device, one_line
 from flowkit.outputs import hdf5
@@ -46,6 +47,9 @@ COMBINES = FEATURE_COMBINES
 @dataclass(frozen=True)
 class FeaturesConfig:
     """Every option of `flowkit features`; model-dependent defaults are filled from the model registry."""
+
+    # Files and folders that workers read: made absolute on the client before a run (Dask workers).
+    path_fields: ClassVar[tuple[str, ...]] = ("weights", "flow_weights", "mean_file", "flow_dir")
 
     model: str = "c3d"
     weights: str | None = None
@@ -298,6 +302,7 @@ class VideoFeatures:
         """Decode, window, run the model(s); returns (datasets, group attributes) for the HDF5 group."""
         timestamps, info = scan_timestamps(item.path, self.cfg.decode)
         plan = plan_windows(timestamps, self.clip_len, self.stride, self.cfg.fps, self.cfg.pad_last)
+        progress.set_total(len(timestamps))
         notes: list[str] = []
         reader = VideoReader(item.path, self.geometry, self.cfg.decode)
         outputs = self._run(item, plan, info, notes, reader)
@@ -331,7 +336,7 @@ class VideoFeatures:
         reader = prefetch(video, depth=2 * self.clip_len)
         outputs: dict[str, list[np.ndarray]] = {}
         batch: list[Window] = []
-        for window in assembler.feed(reader):
+        for window in assembler.feed(progress.track(reader)):
             batch.append(window)
             if len(batch) == self.cfg.batch_size:
                 self._forward(batch, outputs)

@@ -106,7 +106,8 @@ class ShardParts:
         return []
 
     def _tried(self, video_id: str) -> bool:
-        return self.manifest.done_path(video_id).is_file() or self._failed_path(video_id).is_file()
+        # read_done, not the record's file: finished runs fold records into an index (donestore.py)
+        return self.manifest.read_done(video_id) is not None or self._failed_path(video_id).is_file()
 
     def _sync(self, shard: str, members: Sequence[str]) -> None:
         record = self.read_record(shard)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections import deque
+import os
+import stat
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,11 +24,13 @@ from flowkit.choices import FLOW_ALGORITHMS
 from flowkit.decoders import DecodeOptions
 from flowkit.errors import ConfigError, FlowkitError
 from flowkit.inputs import VideoItem
-from flowkit.jobs.manifest import Manifest
+from flowkit.jobs import progress
+from flowkit.jobs.manifest import Manifest, config_hash
 from flowkit.jobs.runner import Unit, UnitResult, current_device, one_line
 from flowkit.outputs.flowfiles import FLOW_FORMATS, H5Sink, ImagePairSink, NpySink
 from flowkit.outputs.lists import flow_job_list_kinds, read_class_map, write_job_lists
-from flowkit.outputs.rawframes import FolderWriter, count_files, get_layout
+from flowkit.outputs.rawframes import FolderWriter, get_layout
+from flowkit.pipelines.partial import Partial, source_identity
 from flowkit.pipelines.stages import prefetch
 from flowkit.video import Resize, VideoReader
 
@@ -153,7 +157,8 @@ class FlowPipeline:
     def is_done(self, unit: Unit, manifest: Manifest) -> bool:
         """Done record present and the folder holds the recorded file counts."""
         record = manifest.read_done(unit.uid)
-        return record is not None and verify_video_folder(self.out_dir / unit.uid, record, self.cfg)
+        folder = os.path.join(self.out_dir, unit.uid)  # a str: pathlib costs more than the stat here
+        return record is not None and verify_video_folder(folder, record, self.cfg)
 
     def process(self, unit: Unit, manifest: Manifest) -> UnitResult:
         """Decode, compute and write one video; failures are returned, not raised."""
@@ -163,6 +168,8 @@ class FlowPipeline:
         manifest.clear_done(unit.uid)
         device = current_device(self.cfg.device)
         record = extract_video(item, self.out_dir / unit.uid, self.cfg, device)
+        # Any file added to or removed from the folder later changes its mtime: one stat verifies it.
+        record["folder_mtime_ns"] = (self.out_dir / unit.uid).stat().st_mtime_ns
         manifest.write_done(unit.uid, record)
         notes = [(str(item.path), record[k]) for k in ("note", "truncated") if k in record]
         return UnitResult(unit.uid, "done", frames=record["num_frames"], record=record, notes=notes)
@@ -172,16 +179,28 @@ class FlowPipeline:
         return write_job_lists(manifest, flow_job_list_kinds(self.output_config()), self.cfg.classes)[1]
 
 
-def verify_video_folder(folder: Path, record: dict[str, Any], cfg: FlowConfig) -> bool:
-    """Cheap check that a finished folder still holds what its done record says."""
-    if not folder.is_dir():
+def verify_video_folder(folder: str | Path, record: dict[str, Any], cfg: FlowConfig) -> bool:
+    """Cheap check that a finished folder still holds what its done record says.
+
+    Unchanged since its commit (same mtime: no file added or removed) costs one stat; otherwise the
+    files are counted, in one listing.
+    """
+    try:
+        st = os.stat(folder)
+        names = None if st.st_mtime_ns == record.get("folder_mtime_ns") else os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
         return False
+    if not stat.S_ISDIR(st.st_mode):
+        return False
+    if names is None:
+        return True
     layout = get_layout(cfg.layout)
-    if cfg.rgb and count_files(folder, layout.rgb_prefix + "_") != record.get("rgb", 0):
+    counts = Counter(name.rsplit("_", 1)[0] for name in names)
+    if cfg.rgb and counts[layout.rgb_prefix] != record.get("rgb", 0):
         return False
     if cfg.format in ("jpg", "png"):
-        return all(count_files(folder, f"{layout.flow_prefix}_{a}_") == record["flow"] for a in "xy")
-    return (folder / f"flow.{cfg.format}").is_file()
+        return all(counts[f"{layout.flow_prefix}_{a}"] == record["flow"] for a in "xy")
+    return f"flow.{cfg.format}" in names
 
 
 def extract_video(item: VideoItem, target: Path, cfg: FlowConfig, device: str) -> dict[str, Any]:
@@ -192,10 +211,13 @@ def extract_video(item: VideoItem, target: Path, cfg: FlowConfig, device: str) -
     from flowkit.outputs.jpeg import make_jpeg_encoder
 
     encoder = None if cfg.jpeg_encoder == "opencv" else make_jpeg_encoder(cfg.jpeg_encoder, device)
-    with FolderWriter(target, jpeg_encoder=encoder) as writer:
+    resume = _resumable(item, target, cfg)
+    with FolderWriter(target, jpeg_encoder=encoder, resume_dir=resume.folder if resume else None) as writer:
         sink = _make_sink(writer, cfg, item, engine)
-        rgb = _stream(reader, engine, batch, sink, writer, cfg)
+        rgb = _stream(reader, engine, batch, sink, writer, cfg, resume)
         sink.close()
+        if resume is not None:
+            resume.finish()
     record = {"video_id": item.video_id, "source": str(item.path), "num_frames": reader.num_frames,
               "rgb": rgb, "flow": sink.count, "format": cfg.format}
     if reader.warnings:
@@ -206,6 +228,17 @@ def extract_video(item: VideoItem, target: Path, cfg: FlowConfig, device: str) -
         record["note"] = f"only {reader.num_frames} frame(s): RGB written, no flow pairs at step {cfg.step}"
         log.warning("%s: %s", item.path, record["note"])
     return record
+
+
+def _resumable(item: VideoItem, target: Path, cfg: FlowConfig) -> Partial | None:
+    """Image formats keep finished pairs across an interruption (see partial.py); h5/npy restart."""
+    if cfg.format not in ("jpg", "png"):
+        return None
+    try:
+        identity = source_identity(config_hash(cfg.output_config()), item.path)
+    except OSError:
+        return None  # the reader reports a missing or unreadable input in its own words
+    return Partial.open(target, identity, get_layout(cfg.layout), cfg.format)
 
 
 def _make_sink(writer: FolderWriter, cfg: FlowConfig, item: VideoItem, engine: Any) -> Any:
@@ -229,21 +262,33 @@ def flow_metadata(cfg: FlowConfig, item: VideoItem, engine: Any) -> dict[str, An
 
 
 def _stream(reader: VideoReader, engine: Any, batch: int, sink: Any, writer: FolderWriter,
-            cfg: FlowConfig) -> int:
-    """Feed frame pairs (k, k+step) to the engine in batches; write RGB as frames arrive. Returns #RGB."""
+            cfg: FlowConfig, resume: Partial | None = None) -> int:
+    """Feed frame pairs (k, k+step) to the engine in batches; write RGB as frames arrive. Returns #RGB.
+
+    With `resume`, the RGB files and flow pairs it counts as finished are skipped, not recomputed.
+    """
     layout = get_layout(cfg.layout)
     window: deque[tuple[np.ndarray, float]] = deque(maxlen=cfg.step + 1)
     pending: list[tuple[np.ndarray, np.ndarray, float, float]] = []
-    rgb = 0
-    for frame in prefetch(reader, depth=2 * batch):
+    rgb = pairs = 0
+    skip_rgb, skip_pairs = (resume.rgb, resume.pairs) if resume else (0, 0)
+    if skip_pairs:
+        sink.count = skip_pairs
+    header = lambda: reader.info.header_frames if reader.info else 0  # noqa: E731 - read at frame 1
+    for frame in progress.track(prefetch(reader, depth=2 * batch), header):
         if cfg.rgb and (frame.index >= cfg.step or not layout.rgb_is_second_frame):
-            writer.write_image(layout.rgb_name(rgb), frame.image, cfg.jpeg_quality)
+            if rgb >= skip_rgb:
+                writer.write_image(layout.rgb_name(rgb), frame.image, cfg.jpeg_quality)
             rgb += 1
         window.append((engine_input(engine, frame.image), frame.timestamp))
         if len(window) == cfg.step + 1:
-            pending.append((window[0][0], window[-1][0], window[0][1], window[-1][1]))
+            if pairs >= skip_pairs:
+                pending.append((window[0][0], window[-1][0], window[0][1], window[-1][1]))
+            pairs += 1
         if len(pending) == batch:
             _flush(engine, pending, sink, cfg.algorithm)
+            if resume is not None:
+                resume.checkpoint(writer, sink.count, rgb)
     _flush(engine, pending, sink, cfg.algorithm)
     return rgb
 

@@ -17,6 +17,7 @@ from flowkit.choices import SAMPLER_DEFAULTS, SAMPLERS, sampler_of
 from flowkit.decoders import DecodeOptions
 from flowkit.errors import ConfigError
 from flowkit.inputs import VideoItem
+from flowkit.jobs import progress
 from flowkit.jobs.manifest import Manifest
 from flowkit.jobs.runner import Unit, UnitResult
 from flowkit.outputs.lists import read_class_map, write_job_lists
@@ -189,11 +190,13 @@ class FramesPipeline:
         """Decode once, keep the selected frames, write them (JPEG folder or streamed npz)."""
         reader = VideoReader(item.path, Resize(self.cfg.short_side, self.cfg.size), self.cfg.decode)
         selection = None if timestamps is None else select_frames(self.cfg, timestamps)
+        total = len(timestamps) if timestamps is not None else (lambda: reader.info.header_frames)
+        decoded = progress.track(reader, total)
         if selection is None:  # every --step-th frame: known without a first pass
-            frames = (f for f in reader if f.index % self.cfg.step == 0)
+            frames = (f for f in decoded if f.index % self.cfg.step == 0)
         else:
             wanted = set(selection.indices.tolist())
-            frames = (f for f in reader if f.index in wanted)
+            frames = (f for f in decoded if f.index in wanted)
         groups = selection.groups if selection else {}
         if self.cfg.format == "npz":
             return self._write_npz(item.video_id, frames, groups), reader
