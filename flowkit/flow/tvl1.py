@@ -238,6 +238,11 @@ class TVL1Engine:
         self._streamed[ticket] = single
         return ticket
 
+    @property
+    def streams(self) -> bool:
+        """Whether submit/poll can run these parameters (the CUDA-class numerics keep their lockstep)."""
+        return self.params.pyramid != "opencv-cuda"
+
     def poll(self, wait: bool = True) -> list[tuple[int, np.ndarray]]:
         """Finished submitted calls as (ticket, flow (B,2,H,W) float32), in ticket order; with
         wait, works until at least one is finished (if any is pending)."""

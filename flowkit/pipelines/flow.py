@@ -270,50 +270,97 @@ def _stream(reader: VideoReader, engine: Any, batch: int, sink: Any, writer: Fol
     layout = get_layout(cfg.layout)
     window: deque[tuple[np.ndarray, float]] = deque(maxlen=cfg.step + 1)
     pending: list[tuple[np.ndarray, np.ndarray, float, float]] = []
+    flows = _FlowCalls(engine, sink, cfg.algorithm, inflight_depth(engine))
     rgb = pairs = 0
     skip_rgb, skip_pairs = (resume.rgb, resume.pairs) if resume else (0, 0)
     if skip_pairs:
         sink.count = skip_pairs
     header = lambda: reader.info.header_frames if reader.info else 0  # noqa: E731 - read at frame 1
-    for frame in progress.track(prefetch(reader, depth=2 * batch), header):
-        if cfg.rgb and (frame.index >= cfg.step or not layout.rgb_is_second_frame):
-            if rgb >= skip_rgb:
-                writer.write_image(layout.rgb_name(rgb), frame.image, cfg.jpeg_quality)
-            rgb += 1
-        window.append((engine_input(engine, frame.image), frame.timestamp))
-        if len(window) == cfg.step + 1:
-            if pairs >= skip_pairs:
-                pending.append((window[0][0], window[-1][0], window[0][1], window[-1][1]))
-            pairs += 1
-        if len(pending) == batch:
-            _flush(engine, pending, sink, cfg.algorithm)
-            if resume is not None:
-                resume.checkpoint(writer, sink.count, rgb)
-    _flush(engine, pending, sink, cfg.algorithm)
+    try:
+        for frame in progress.track(prefetch(reader, depth=2 * batch), header):
+            if cfg.rgb and (frame.index >= cfg.step or not layout.rgb_is_second_frame):
+                if rgb >= skip_rgb:
+                    writer.write_image(layout.rgb_name(rgb), frame.image, cfg.jpeg_quality)
+                rgb += 1
+            window.append((engine_input(engine, frame.image), frame.timestamp))
+            if len(window) == cfg.step + 1:
+                if pairs >= skip_pairs:
+                    pending.append((window[0][0], window[-1][0], window[0][1], window[-1][1]))
+                pairs += 1
+            if len(pending) == batch:
+                flows.add(pending)
+                if resume is not None:
+                    resume.checkpoint(writer, sink.count, rgb)
+        flows.add(pending)
+        flows.drain()
+    except BaseException:
+        if flows.order:  # batches of this video still queued in the engine: never mix them into the next
+            _engines.pop(next((k for k, v in _engines.items() if v is engine), None), None)
+        raise
     return rgb
 
 
-def _flush(engine: Any, pending: list[tuple[np.ndarray, np.ndarray, float, float]], sink: Any,
-           algorithm: str) -> None:
-    if not pending:
-        return
-    prev = np.stack([p[0] for p in pending])
-    nxt = np.stack([p[1] for p in pending])
-    times = np.asarray([(p[2], p[3]) for p in pending], dtype=np.float64)
-    sink.add(_compute(engine, prev, nxt, algorithm), times)
-    pending.clear()
+def inflight_depth(engine: Any) -> int:
+    """Engine calls kept in flight beyond the current one: on a GPU a streaming engine (submit/poll) gets
+    the next batches queued, so its scheduler refills a finished pair's slot at once instead of waiting
+    for the batch's slowest pair (issue 9); on the CPU each batch is computed when it is full."""
+    streams = bool(getattr(engine, "streams", False))
+    return 2 if streams and str(getattr(engine, "device", "cpu")).startswith("cuda") else 0
+
+
+class _FlowCalls:
+    """Batches of pairs -> engine -> sink, in order; up to `depth` further batches in flight."""
+
+    def __init__(self, engine: Any, sink: Any, algorithm: str, depth: int) -> None:
+        self.engine, self.sink, self.algorithm, self.depth = engine, sink, algorithm, depth
+        self.order: deque[tuple[int, np.ndarray, tuple[int, int]]] = deque()  # ticket, times, (h, w)
+        self.ready: dict[int, np.ndarray] = {}
+
+    def add(self, pending: list[tuple[np.ndarray, np.ndarray, float, float]]) -> None:
+        """Compute (or submit) one batch and clear `pending`."""
+        if not pending:
+            return
+        prev = np.stack([p[0] for p in pending])
+        nxt = np.stack([p[1] for p in pending])
+        times = np.asarray([(p[2], p[3]) for p in pending], dtype=np.float64)
+        pending.clear()
+        if not self.depth:
+            self.sink.add(_compute(self.engine, prev, nxt, self.algorithm), times)
+            return
+        ticket = _guarded(self.algorithm, prev.shape[-2:], lambda: self.engine.submit(prev, nxt))
+        self.order.append((ticket, times, prev.shape[-2:]))
+        while len(self.order) > self.depth:
+            self._deliver()
+
+    def drain(self) -> None:
+        """Wait for every batch in flight and hand it to the sink."""
+        while self.order:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        shape = self.order[0][2]
+        for ticket, flow in _guarded(self.algorithm, shape, self.engine.poll):
+            self.ready[ticket] = flow
+        while self.order and self.order[0][0] in self.ready:
+            ticket, times, _ = self.order.popleft()
+            self.sink.add(np.asarray(self.ready.pop(ticket), dtype=np.float32), times)
 
 
 def _compute(engine: Any, prev: np.ndarray, nxt: np.ndarray, algorithm: str) -> np.ndarray:
-    """Run the engine; its errors (e.g. OpenCV DIS on frames under 12 px) become one clear line."""
+    """Run the engine on one batch."""
+    return _guarded(algorithm, prev.shape[-2:], lambda: np.asarray(engine(prev, nxt), dtype=np.float32))
+
+
+def _guarded(algorithm: str, shape: tuple[int, ...], call: Any) -> Any:
+    """An engine call whose errors (e.g. OpenCV DIS on frames under 12 px) become one clear line."""
     try:
-        return np.asarray(engine(prev, nxt), dtype=np.float32)
+        return call()
     except FlowkitError:
         raise
     except Exception as exc:
         # cv2.error keeps the bare message in .err; its str() spans lines with source paths.
         cause = getattr(exc, "err", None) or one_line(exc)
-        height, width = prev.shape[-2:]
+        height, width = shape
         raise FlowkitError(
             f"the {algorithm} flow engine failed on {width}x{height} frames: {cause}"
         ) from exc
