@@ -91,7 +91,9 @@ def load_torchcodec() -> Any:
         from torchcodec._core import ops
         from torchcodec.decoders import VideoDecoder
     except ImportError as exc:
-        raise ConfigError("--decoder torchcodec needs the torchcodec package") from exc
+        raise ConfigError(
+            "--decoder torchcodec needs the torchcodec package: pip install 'flowkit[gpu-io]'"
+        ) from exc
     if not getattr(ops, "_FFMPEG_AVAILABLE", True):
         try:
             ops.load_core_libraries()
