@@ -30,6 +30,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def median_seconds(call, device: torch.device, amp: str, warmup: int, iters: int) -> float:
+    """Median wall time of `call()` after `warmup` untimed calls (inference mode, optional autocast)."""
+    dtype = AMP_DTYPES[amp]
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+    times = []
+    with torch.inference_mode(), autocast:
+        for i in range(warmup + iters):
+            _sync(device)
+            start = time.perf_counter()
+            call()
+            _sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def time_model(name: str, stream: str, device: torch.device, amp: str, batch: int,
                warmup: int, iters: int) -> dict:
     """Median seconds per batch of default-size clips for one model/stream."""
@@ -41,18 +57,7 @@ def time_model(name: str, stream: str, device: torch.device, amp: str, batch: in
     size = (spec.input_size, spec.input_size)
     shape = (batch, chans, *size) if spec.kind == "frame" else (batch, chans, spec.clip_len, *size)
     x = torch.randn(*shape, device=device)
-    dtype = AMP_DTYPES[amp]
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
-    times = []
-    with torch.inference_mode(), autocast:
-        for i in range(warmup + iters):
-            _sync(device)
-            start = time.perf_counter()
-            model.extract(x, spec.default_layer)
-            _sync(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    seconds = median_seconds(lambda: model.extract(x, spec.default_layer), device, amp, warmup, iters)
     if spec.kind == "frame":
         return {"model": name, "stream": stream, "layer": spec.default_layer,
                 "clip": f"1x{spec.input_size}x{spec.input_size}", "batch": batch,
@@ -71,26 +76,15 @@ def time_raft(name: str, device: torch.device, amp: str, batch: int, warmup: int
     net = getattr(optical_flow, name)(weights=None).eval().to(device)
     a = torch.rand(batch, 3, 256, 344, device=device) * 2 - 1
     b = torch.roll(a, 2, dims=-1)
-    dtype = AMP_DTYPES[amp]
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
-    times = []
-    with torch.inference_mode(), autocast:
-        for i in range(warmup + iters):
-            _sync(device)
-            start = time.perf_counter()
-            net(a, b, num_flow_updates=20)
-            _sync(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    seconds = median_seconds(lambda: net(a, b, num_flow_updates=20), device, amp, warmup, iters)
     return {"model": name, "stream": "flow pairs", "layer": "20 iterations", "clip": "2x256x344",
             "batch": batch, "ms_per_clip": 1000 * seconds / batch, "clips_per_s": batch / seconds,
             "frames_per_s": batch / seconds}
 
 
 def all_models() -> list[str]:
-    """Every user-facing registry name (no *_test variants) and the RAFT engines."""
-    return [n for n in list_models() if not n.endswith("_test")] + ["raft_large", "raft_small"]
+    """Every user-facing registry name (list_models hides the *_test variants) and the RAFT engines."""
+    return [*list_models(), "raft_large", "raft_small"]
 
 
 def markdown(rows: list[dict], device: str, amp: str) -> str:
