@@ -173,7 +173,7 @@ class TVL1Engine:
 
     def __init__(self, device: str = "cpu", *, compile: bool | str = "auto",
                  compact: bool | None = None, sync_every: int = 10, slots: int | None = None,
-                 backend: str = "auto", **params: Any) -> None:
+                 backend: str = "auto", threads: int | None = None, **params: Any) -> None:
         unknown = set(params) - {f.name for f in dataclasses.fields(TVL1Params)}
         if unknown:
             raise ConfigError(f"unknown tvl1 parameter(s): {', '.join(sorted(unknown))}")
@@ -188,15 +188,17 @@ class TVL1Engine:
         if backend not in ("auto", "torch", "fused"):
             raise ConfigError(f"tvl1 backend must be auto, torch or fused, got {backend!r}")
         self.backend = backend
+        self.threads = threads
         self.last_stats: dict[str, Any] = {}
         self._kernels: Kernels | None = None
+        self._native: Any = None
         self._sched: Any = None
         self._streamed: dict[int, bool] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_kernels"] = None  # compiled callables do not pickle; rebuilt in the worker
-        state["_sched"], state["_streamed"] = None, {}
+        state["_sched"], state["_streamed"], state["_native"] = None, {}, None
         return state
 
     def __call__(self, prev: np.ndarray, nxt: np.ndarray,
@@ -277,7 +279,7 @@ class TVL1Engine:
                     raise
                 # A failing compiled path must not fail the run: the eager path is exact.
                 log.warning("tvl1: compiled kernels failed (%s); falling back to eager", exc)
-                self.compile, self._kernels, self._sched = False, None, None
+                self.compile, self._kernels, self._sched, self._native = False, None, None, None
                 return self._solve(i0, i1, initial_flow, None)
 
     def _solve(self, i0, i1, init, kernels):
@@ -309,10 +311,34 @@ class TVL1Engine:
         if self._sched is None:
             from flowkit.flow import tvl1_sched
 
-            self._sched = tvl1_sched.build(self, kernels or eager_kernels(self.device))
+            self._sched = tvl1_sched.build(self, kernels or eager_kernels(self.device),
+                                           native=self._native, threads=self._task_threads())
         return self._sched
 
+    def _task_threads(self) -> int:
+        """Threads for the CPU tasks: `threads`, else this process's share of the thread budget."""
+        if self.threads:
+            return int(self.threads)
+        from flowkit.threads import current_budget, derive_budget
+
+        return (current_budget() or derive_budget()).compute
+
+    @property
+    def kernel(self) -> str:
+        """Which iteration kernel runs: "native" (fused C, CPU), "compiled" (torch.compile or
+        Triton) or "eager" (the oracle); settled by the first call."""
+        if self._native is not None:
+            return "native"
+        return "compiled" if self._kernels is not None else "eager"
+
     def _get_kernels(self) -> Kernels | None:
+        if self._kernels is None and self._want_compile() and self._native_applies():
+            from flowkit.flow import tvl1_native
+
+            self._native = tvl1_native.load()
+            if self._native is not None:  # the fused C kernel does the iterations; no dynamo
+                self._kernels = eager_kernels(self.device)
+                return self._kernels
         if self._kernels is None and self._want_compile():
             if not use_compile_cache():
                 log.warning("tvl1: compiling the kernels for %s for the first time (about 20-60 s "
@@ -326,6 +352,12 @@ class TVL1Engine:
                 log.warning("tvl1: torch.compile unavailable (%s); using eager mode", exc)
                 self.compile = False
         return self._kernels
+
+    def _native_applies(self) -> bool:
+        """The fused C kernel runs CPU work with OpenCV's CPU numerics (the CUDA class's schedule
+        and the forced-compact pool kinds keep the PyTorch solver)."""
+        return (torch.device(self.device).type == "cpu" and self.params.pyramid != "opencv-cuda"
+                and self.compact)
 
     def _want_compile(self) -> bool:
         return auto_compile(self.device) if self.compile == "auto" else bool(self.compile)

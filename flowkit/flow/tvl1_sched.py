@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,14 +230,23 @@ def fused_iterate(device: torch.device | str) -> Callable | None:
     return getattr(tvl1_triton, "tvl1_iterations", None)
 
 
-def build(engine: Any, kernels: Any) -> Scheduler:
-    """The scheduler for a TVL1Engine: pool kind, slots and kernels from its settings."""
+def build(engine: Any, kernels: Any, native: Any = None, threads: int = 1) -> Scheduler:
+    """The scheduler for a TVL1Engine: pool kind, slots and kernels from its settings; with the
+    native CPU kernel library `native`, whole tasks on `threads` threads."""
     from flowkit.flow.tvl1 import _f32, _Solver
 
     p = engine.params.effective()
     step, median, warp = kernels
     consts = (_f32(p.lambda_ * p.theta), _f32(p.theta), _f32(p.tau / p.theta), _f32(p.gamma))
     spec = PoolSpec(p.inner_iterations, p.outer_iterations, p.median_filtering, consts, step, median)
+    if native is not None:
+        from flowkit.flow.tvl1_native import WarpTask
+
+        task = WarpTask(native, inner=p.inner_iterations, outer=p.outer_iterations,
+                        median_k=p.median_filtering, consts=consts)
+        upsample = _Solver(p, kernels, torch.device("cpu"), True, 1, {})._upsample
+        return ThreadedScheduler(spec, warps=p.warps, epsilon=p.epsilon, upsample=upsample,
+                                 task=task, threads=threads)
     mode, iterate, fused_warp = ("compact" if engine.compact else "masked"), None, None
     fusable = p.gamma == 0 and not engine.compact
     if fusable and engine.backend != "torch":
@@ -265,3 +275,59 @@ def fused_warp_data(device: torch.device | str) -> Callable | None:
         return None
     return lambda _warp, src, u, i0: fn(src.contiguous(), u[:, :2].contiguous(),
                                         i0[:, 0].contiguous())
+
+
+class ThreadedScheduler(Scheduler):
+    """CPU: each (pair, level, warp) task runs whole (warp, data terms, medians, iterations to its
+    stop) on one of `threads` threads with the native kernel; when a task ends, the pair's next task
+    is queued at once, so every core stays busy while any pair has work and no task waits for another.
+    """
+
+    def __init__(self, spec: PoolSpec, *, warps: int, epsilon: float, upsample: Callable,
+                 task: Callable, threads: int) -> None:
+        super().__init__(spec, warps=warps, epsilon=epsilon, warp=None, upsample=upsample,
+                         mode="threads", slots=threads)
+        self.task = task
+        self.threads = max(1, threads)
+        self.running: dict[Future, _Pair] = {}
+        self._executor: ThreadPoolExecutor | None = None
+
+    def pending(self) -> bool:
+        return bool(self.running) or super().pending()
+
+    def round(self) -> None:
+        """Start the tasks of pairs that need a warp, then wait for any task to end and advance it."""
+        if self.needs_warp and self._executor is None:
+            self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="flowkit-tvl1")
+        for pair in self.needs_warp:
+            self.running[self._executor.submit(self._run_task, pair)] = pair
+            self.counters.warp_calls += 1
+            self.counters.warped_pairs += 1
+        self.needs_warp = []
+        if not self.running:
+            return
+        done, _ = wait(self.running, return_when=FIRST_COMPLETED)
+        for fut in sorted(done, key=lambda f: (self.running[f].ticket, self.running[f].index)):
+            pair = self.running.pop(fut)
+            u, p, n = fut.result()
+            c = self.counters
+            c.slot_iterations += n
+            c.active_iterations += n
+            c.pool_iterations += n
+            c.host_calls += 1
+            self._advance(pair, u, p, n)
+
+    def _run_task(self, pair: _Pair) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """One task on a worker thread: numpy views in, torch tensors (1,C,h,w), (1,C,2,h,w) out."""
+        nf, h, w = pair.u.shape[1:]
+        eps = ops_f32(self.epsilon ** 2 * w * h)
+        p = None if pair.p is None else pair.p.reshape(2 * nf, h, w).numpy()
+        u, p, n = self.task(pair.src[pair.level][0].numpy(), pair.i0[pair.level][0, 0].numpy(),
+                            pair.u[0].numpy().copy(), p, eps)
+        return torch.from_numpy(u)[None], torch.from_numpy(p).view(1, nf, 2, h, w), n
+
+    def close(self) -> None:
+        """Stop the worker threads (they also end with the process)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
