@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from flowkit.flow import tvl1
+from flowkit.flow import tvl1, tvl1_native
 from flowkit.flow.tvl1 import TVL1Engine
 
 
@@ -25,7 +25,10 @@ def fake_compile(monkeypatch, tmp_path):
     monkeypatch.setenv("FLOWKIT_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.setattr(tvl1, "fast_kernels", tvl1.eager_kernels)
-    return tmp_path / "inductor"
+    monkeypatch.setenv("FLOWKIT_TVL1_NATIVE", "0")  # the torch.compile path, not the C kernel
+    tvl1_native.forget()
+    yield tmp_path / "inductor"
+    tvl1_native.forget()
 
 def test_first_compile_announced_once_then_cached(fake_compile, caplog) -> None:
     rng = np.random.default_rng(0)

@@ -65,11 +65,11 @@ def _unbacked_batch(*tensors: torch.Tensor) -> None:
 
 
 def compile_cache_dir() -> Path:
-    """Where flowkit keeps compiled kernels: $FLOWKIT_CACHE_DIR, else $XDG_CACHE_HOME/flowkit or
-    ~/.cache/flowkit; inductor's cache is its 'inductor' folder (shared by workers and runs)."""
-    root = os.environ.get("FLOWKIT_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "flowkit")
-    return Path(root) / "inductor"
+    """Where flowkit keeps torch-compiled kernels: the 'inductor' folder of flowkit's cache
+    ($FLOWKIT_CACHE_DIR, else $XDG_CACHE_HOME/flowkit or ~/.cache/flowkit), shared by workers and runs."""
+    from flowkit.flow.tvl1_native import cache_root
+
+    return cache_root() / "inductor"
 
 
 def use_compile_cache() -> bool:
@@ -159,12 +159,15 @@ def _compile_available(device: str) -> bool:
 class TVL1Engine:
     """Batched TV-L1 engine matching cv2.optflow.DualTVL1OpticalFlow; CPU or CUDA, same code.
 
-    compile: "auto" (torch.compile when available, unless FLOWKIT_TVL1_COMPILE=0), True, or False
-    (the eager oracle). The first compiled call of a process takes ~10-60 s on a 2-core CPU.
-    Pairs run through a continuous-batching scheduler (tvl1_sched): each pool of `slots` slots per
-    level size is refilled as soon as a pair's warp ends. compact: the CPU pool kind (host check per
-    iteration, finished tasks leave at once); default on CPU only. Elsewhere slots are fixed and
-    masked on the device, with a host read every `sync_every` iterations; backend "fused" uses the
+    compile: "auto", True, or False (the eager oracle). On CPU, "auto"/True run each (pair, level,
+    warp) task whole in the fused C kernel of tvl1_native (built once per machine in about a second;
+    bit-identical to the oracle) on `threads` threads (default: the process's thread budget); without
+    a C compiler, or on CUDA, they use torch.compile / Triton where available (FLOWKIT_TVL1_COMPILE=0
+    skips torch.compile's 10-60 s first compile).
+    Elsewhere pairs run through a continuous-batching scheduler (tvl1_sched): each pool of `slots`
+    slots per level size is refilled as soon as a pair's warp ends. compact: the CPU pool kind (host
+    check per iteration, finished tasks leave at once); default on CPU only. Otherwise slots are fixed
+    and masked on the device, with a host read every `sync_every` iterations; backend "fused" uses the
     packed fused-kernel layout (Triton on CUDA), "torch" the torch kernels, "auto" picks.
     The 'opencv-cuda' numerics (their own stopping schedule) keep the lockstep solver.
     """
@@ -332,7 +335,9 @@ class TVL1Engine:
         return "compiled" if self._kernels is not None else "eager"
 
     def _get_kernels(self) -> Kernels | None:
-        if self._kernels is None and self._want_compile() and self._native_applies():
+        # The native kernel builds in about a second, so "auto" uses it even where
+        # FLOWKIT_TVL1_COMPILE=0 skips torch.compile's long warm-up; compile=False is the oracle.
+        if self._kernels is None and self.compile is not False and self._native_applies():
             from flowkit.flow import tvl1_native
 
             self._native = tvl1_native.load()

@@ -79,7 +79,8 @@ def library_path(cc: list[str]) -> Path:
 def _build(cc: list[str], target: Path) -> None:
     """Compile into a private temporary, then rename into place (concurrent builders are safe)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}@{socket.gethostname()}.tmp")
+    owner = f"{os.getpid()}-{threading.get_ident()}@{socket.gethostname()}"
+    tmp = target.with_name(f".{target.name}.{owner}.tmp")
     errors = []
     try:
         for arch in (ARCH_FLAGS, ()):  # a compiler without -march=native still builds portable code

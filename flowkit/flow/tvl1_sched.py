@@ -14,6 +14,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from flowkit.flow import tvl1_ops as ops
@@ -322,8 +323,9 @@ class ThreadedScheduler(Scheduler):
         nf, h, w = pair.u.shape[1:]
         eps = ops_f32(self.epsilon ** 2 * w * h)
         p = None if pair.p is None else pair.p.reshape(2 * nf, h, w).numpy()
-        u, p, n = self.task(pair.src[pair.level][0].numpy(), pair.i0[pair.level][0, 0].numpy(),
-                            pair.u[0].numpy().copy(), p, eps)
+        src = np.ascontiguousarray(pair.src[pair.level][0].numpy())
+        i0 = np.ascontiguousarray(pair.i0[pair.level][0, 0].numpy())
+        u, p, n = self.task(src, i0, pair.u[0].numpy().copy(), p, eps)
         return torch.from_numpy(u)[None], torch.from_numpy(p).view(1, nf, 2, h, w), n
 
     def close(self) -> None:
