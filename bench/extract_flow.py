@@ -15,6 +15,10 @@ H.264 sources of several sizes. Pairs per CPU-second = pairs/s per core (robust 
 Outputs go to /dev/shm when present (a VM disk's file creation can cost more than the encodes).
 
   python bench/extract_flow.py --pipeline --frames 150 --decoders pyav opencv
+
+--stages: CPU ms per frame of PyAV decoding alone and with the conversion/resize stages after it, one core.
+
+  python bench/extract_flow.py --stages --frames 150
 """
 
 from __future__ import annotations
@@ -143,6 +147,62 @@ def pipeline_table(frames: int, decoders: list[str]) -> None:
                       f"{pairs / wall:.0f} | {1000 * cpu / pairs:.1f} |", flush=True)
 
 
+def stage_costs(video: Path, stages: dict[str, object]) -> dict[str, float]:
+    """CPU ms per frame of PyAV decoding (one thread) followed by each stage function(frame, reformatter)."""
+    import av
+    import av.video.reformatter
+
+    out = {}
+    for label, stage in stages.items():
+        with av.open(str(video)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type, stream.codec_context.thread_count = "AUTO", 1
+            reformatter = av.video.reformatter.VideoReformatter()
+            cpu0, n = cpu_seconds(), 0
+            for frame in container.decode(stream):
+                stage(frame, reformatter)
+                n += 1
+            out[label] = 1000 * (cpu_seconds() - cpu0) / n
+    return out
+
+
+def stages_table(frames: int) -> None:
+    """Per-frame CPU cost of decoding and of what follows it, on one core: is the decoder the cap?"""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    cv2.setNumThreads(1)
+
+    def bgr(f, rf):
+        return np.ascontiguousarray(rf.reformat(f, format="bgr24", threads=1).to_ndarray())
+
+    stages = {
+        "decode only": lambda f, rf: None,
+        "+ BGR at full size": bgr,
+        "+ BGR + INTER_LINEAR to 340x256 (flowkit)":
+            lambda f, rf: cv2.resize(bgr(f, rf), (340, 256), interpolation=cv2.INTER_LINEAR),
+        "+ swscale BILINEAR to 340x256 BGR (other pixels)":
+            lambda f, rf: rf.reformat(f, width=340, height=256, format="bgr24", interpolation="BILINEAR",
+                                      threads=1).to_ndarray(),
+    }
+    small = np.random.default_rng(0).integers(0, 255, (256, 340, 3), dtype=np.uint8)
+    gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+    cpu0 = cpu_seconds()
+    for _ in range(200):
+        for img in (gray, gray, small):
+            cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    jpeg = 1000 * (cpu_seconds() - cpu0) / 200
+    print(f"# decode stages, {frames}-frame H.264 sources (libx264, PyAV), 1 core, 1 thread; "
+          "CPU ms per frame")
+    print(f"# the 3 JPEG encodes of a 340x256 pair (2 gray + 1 BGR, quality 95): {jpeg:.2f} ms\n")
+    print("| source | " + " | ".join(stages) + " | decode-only bound, frames/s |")
+    print("|---" * (len(stages) + 2) + "|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for w, h in PIPELINE_SOURCES:
+            video = write_video_av(Path(tmp) / f"{w}x{h}.mp4", iter_moving_frames(frames, h, w, 1.3, -0.7))
+            costs = stage_costs(video, stages)
+            print(f"| {w}x{h} | " + " | ".join(f"{v:.2f}" for v in costs.values())
+                  + f" | {1000 / costs['decode only']:.0f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="340x256")
@@ -156,7 +216,12 @@ def main() -> None:
                     help="input video of the engine/e2e comparison: MJPG .avi or H.264 .mp4 (real datasets)")
     ap.add_argument("--pipeline", action="store_true", help="the non-engine pipeline table (null engine)")
     ap.add_argument("--decoders", nargs="+", default=["pyav"], choices=["pyav", "opencv", "torchcodec"])
+    ap.add_argument("--stages", action="store_true",
+                    help="per-frame CPU cost of decoding and the stages after it (is the decoder the cap?)")
     args = ap.parse_args()
+    if args.stages:
+        stages_table(args.frames if args.frames != 33 else 150)
+        return
     if args.pipeline:
         pipeline_table(args.frames if args.frames != 33 else 150, args.decoders)
         return

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-# torch.compile warm-up of the TV-L1 kernels costs 10-60 s per process, so the tests skip it (the compiled path
-# has its own slow-marked test that turns it back on). On CPU the engine's default, the fused C kernel (built
-# in about a second, bit-identical to the eager oracle), still runs.
+# torch.compile warm-up of the TV-L1 kernels costs 10-60 s per process, so the tests skip it (the compiled
+# path has its own slow-marked test that turns it back on). On CPU the engine's default, the fused C kernel
+# (built in about a second, bit-identical to the eager oracle), still runs.
 os.environ.setdefault("FLOWKIT_TVL1_COMPILE", "0")
 
 from collections.abc import Callable
