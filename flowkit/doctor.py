@@ -70,6 +70,18 @@ def _devices() -> list[tuple[str, str]]:
     return rows
 
 
+def _cpu_kernel() -> tuple[str, str]:
+    """Whether tvl1's fused C kernel runs here (built now if needed), or why the PyTorch path does."""
+    from flowkit.flow import tvl1_native
+
+    cc = tvl1_native.compiler()
+    if cc is None:
+        return "tvl1 cpu kernel", "PyTorch fallback: no C compiler (cc, gcc, clang or $CC); about 3x slower"
+    if tvl1_native.load() is None:
+        return "tvl1 cpu kernel", "PyTorch fallback: the C kernel failed to build or load (see the warning)"
+    return "tvl1 cpu kernel", f"fused C kernel ({cc[0]}; {tvl1_native.library_path(cc)})"
+
+
 def _decode_check() -> tuple[str, str]:
     from flowkit.video import read_all
 
@@ -89,4 +101,4 @@ def _decode_check() -> tuple[str, str]:
 
 def report(threads: int | None = None, jobs: int = 1) -> list[tuple[str, str]]:
     """(name, value) rows describing this installation (and the thread budget for --threads/--jobs)."""
-    return _versions() + _threads(threads, jobs) + _devices() + [_decode_check()]
+    return _versions() + _threads(threads, jobs) + _devices() + [_cpu_kernel(), _decode_check()]

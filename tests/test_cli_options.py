@@ -112,6 +112,14 @@ def test_doctor_prints_the_thread_budget_and_why():
     assert result.exit_code == 0, result.output
     assert "3 core(s) from --threads; 2 worker(s) x 1 compute thread(s)" in result.output
     assert "OMP_WAIT_POLICY=" in result.output
+    assert "fused C kernel" in result.output  # the machine has a C compiler
+
+
+def test_doctor_names_the_tvl1_fallback_without_a_compiler(monkeypatch):
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    result = CliRunner().invoke(main, ["doctor"])
+    assert result.exit_code == 0, result.output
+    assert "PyTorch fallback: no C compiler" in result.output
 
 
 def test_run_summary_prints_the_threads_used(make_video, tmp_path):

@@ -18,22 +18,26 @@ def _host(x: torch.Tensor) -> np.ndarray:
     return x.detach().contiguous().numpy()
 
 
-def warp_cubic_cv2(src: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """cv2.remap(INTER_CUBIC, BORDER_CONSTANT 0) of src (B, C, H, W) at (x + flow_x, y + flow_y).
+def remap_cubic(planes: np.ndarray, u1: np.ndarray, u2: np.ndarray) -> np.ndarray:
+    """cv2.remap(INTER_CUBIC, BORDER_CONSTANT 0) of float32 planes (C, h, w) at (x + u1, y + u2); the
+    maps are formed in float32 exactly as OpenCV does."""
+    _, h, w = planes.shape
+    mx = np.arange(w, dtype=np.float32)[None, :] + u1
+    my = np.arange(h, dtype=np.float32)[:, None] + u2
+    out = np.empty_like(planes)
+    for c in range(planes.shape[0]):
+        cv2.remap(planes[c], mx, my, cv2.INTER_CUBIC, dst=out[c], borderMode=cv2.BORDER_CONSTANT,
+                  borderValue=0)
+    return out
 
-    Same contract as tvl1_ops.warp_cubic; the maps are formed in float32 exactly as OpenCV does.
+
+def warp_cubic_cv2(src: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """:func:`remap_cubic` of src (B, C, H, W) at (x + flow_x, y + flow_y), for every pair.
+
+    Same contract as tvl1_ops.warp_cubic.
     """
-    b, c, h, w = src.shape
     s, f = _host(src), _host(flow)
-    gx = np.arange(w, dtype=np.float32)[None, :]
-    gy = np.arange(h, dtype=np.float32)[:, None]
-    out = np.empty_like(s)
-    for i in range(b):
-        mx, my = gx + f[i, 0], gy + f[i, 1]
-        for j in range(c):
-            cv2.remap(s[i, j], mx, my, cv2.INTER_CUBIC, dst=out[i, j],
-                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return torch.from_numpy(out)
+    return torch.from_numpy(np.stack([remap_cubic(s[i], f[i, 0], f[i, 1]) for i in range(len(s))]))
 
 
 def median_cv2(x: torch.Tensor, k: int) -> torch.Tensor:

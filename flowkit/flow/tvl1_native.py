@@ -24,6 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from flowkit.flow.tvl1_cpu import remap_cubic
+
 log = logging.getLogger("flowkit")
 
 SOURCE = Path(__file__).with_name("tvl1_native.c")
@@ -143,18 +145,6 @@ def forget() -> None:
 
 def _ptr(a: np.ndarray) -> int:
     return a.ctypes.data
-
-
-def remap_cubic(planes: np.ndarray, u1: np.ndarray, u2: np.ndarray) -> np.ndarray:
-    """cv2.remap(INTER_CUBIC, BORDER_CONSTANT 0) of float32 planes (C, h, w) at (x + u1, y + u2)."""
-    _, h, w = planes.shape
-    mx = np.arange(w, dtype=np.float32)[None, :] + u1
-    my = np.arange(h, dtype=np.float32)[:, None] + u2
-    out = np.empty_like(planes)
-    for c in range(planes.shape[0]):
-        cv2.remap(planes[c], mx, my, cv2.INTER_CUBIC, dst=out[c], borderMode=cv2.BORDER_CONSTANT,
-                  borderValue=0)
-    return out
 
 
 class WarpTask:
