@@ -74,12 +74,15 @@ def _cpu_kernel() -> tuple[str, str]:
     """Whether tvl1's fused C kernel runs here (built now if needed), or why the PyTorch path does."""
     from flowkit.flow import tvl1_native
 
-    cc = tvl1_native.compiler()
-    if cc is None:
-        return "tvl1 cpu kernel", "PyTorch fallback: no C compiler (cc, gcc, clang or $CC); about 3x slower"
-    if tvl1_native.load() is None:
-        return "tvl1 cpu kernel", "PyTorch fallback: the C kernel failed to build or load (see the warning)"
-    return "tvl1 cpu kernel", f"fused C kernel ({cc[0]}; {tvl1_native.library_path(cc)})"
+    if tvl1_native.load() is not None:
+        return "tvl1 cpu kernel", f"fused C kernel ({tvl1_native.loaded_path()})"
+    if os.environ.get("FLOWKIT_TVL1_NATIVE", "").strip().lower() in ("0", "false", "no", "off"):
+        why = "FLOWKIT_TVL1_NATIVE=0"
+    elif tvl1_native.compiler() is None:
+        why = "no C compiler (cc, gcc, clang or $CC)"
+    else:
+        why = "the C kernel failed to build or load (see the warning above)"
+    return "tvl1 cpu kernel", f"PyTorch fallback: {why}; about 3x slower"
 
 
 def _decode_check() -> tuple[str, str]:

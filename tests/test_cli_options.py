@@ -115,9 +115,17 @@ def test_doctor_prints_the_thread_budget_and_why():
     assert "fused C kernel" in result.output  # the machine has a C compiler
 
 
-def test_doctor_names_the_tvl1_fallback_without_a_compiler(monkeypatch):
+def test_doctor_names_the_tvl1_fallback_without_a_compiler(monkeypatch, tmp_path):
+    from flowkit.flow import tvl1_native
+
+    monkeypatch.setenv("FLOWKIT_CACHE_DIR", str(tmp_path))  # nothing built here yet
+    monkeypatch.setattr(tvl1_native, "_fallback_folder", lambda: tmp_path / "fallback")
     monkeypatch.setenv("CC", "/nonexistent/cc")
-    result = CliRunner().invoke(main, ["doctor"])
+    tvl1_native.forget()
+    try:
+        result = CliRunner().invoke(main, ["doctor"])
+    finally:
+        tvl1_native.forget()
     assert result.exit_code == 0, result.output
     assert "PyTorch fallback: no C compiler" in result.output
 

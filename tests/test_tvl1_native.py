@@ -23,8 +23,9 @@ def pairs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 @pytest.fixture
 def fresh_cache(monkeypatch, tmp_path):
-    """An empty flowkit cache, and no library loaded yet in this process."""
+    """An empty flowkit cache (and temporary fallback folder), no library loaded yet in this process."""
     monkeypatch.setenv("FLOWKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(tvl1_native, "_fallback_folder", lambda: tmp_path / "fallback")
     monkeypatch.delenv("FLOWKIT_TVL1_NATIVE", raising=False)
     tvl1_native.forget()
     yield tmp_path
@@ -98,16 +99,15 @@ def test_kernel_built_once_per_machine_and_announced(fresh_cache, pairs, caplog)
 
 @needs_cc
 def test_library_key_follows_cpu_and_source(monkeypatch) -> None:
-    cc = tvl1_native.compiler()
-    here = tvl1_native.library_path(cc)
+    here = tvl1_native.library_path()
     monkeypatch.setattr(tvl1_native, "_cpu_signature", lambda: "another|cpu|flags: sse2")
-    assert tvl1_native.library_path(cc) != here  # -march=native code is never shared across CPUs
+    assert tvl1_native.library_path() != here  # -march=native code is never shared across CPUs
 
 
 @needs_cc
 def test_concurrent_builders_leave_one_good_library(fresh_cache) -> None:
     cc = tvl1_native.compiler()
-    target = tvl1_native.library_path(cc)
+    target = tvl1_native.library_path()
     errors: list[BaseException] = []
 
     def build() -> None:
@@ -159,3 +159,25 @@ def test_native_off_by_environment(fresh_cache, monkeypatch) -> None:
     monkeypatch.setenv("FLOWKIT_TVL1_NATIVE", "0")
     assert tvl1_native.load() is None
     assert not (fresh_cache / "native").exists()
+
+
+@needs_cc
+def test_read_only_cache_builds_in_a_temporary_folder(fresh_cache, monkeypatch, caplog) -> None:
+    blocker = fresh_cache / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("FLOWKIT_CACHE_DIR", str(blocker / "flowkit"))
+    with caplog.at_level(logging.WARNING, logger="flowkit"):
+        assert tvl1_native.load() is not None
+    assert tvl1_native.loaded_path().parent == fresh_cache / "fallback"
+    assert "unavailable" not in caplog.text
+
+
+@needs_cc
+def test_a_node_without_compiler_loads_what_another_node_built(fresh_cache, monkeypatch, caplog) -> None:
+    assert tvl1_native.load() is not None  # built by a node with a compiler, into the shared cache
+    tvl1_native.forget()
+    caplog.clear()
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    with caplog.at_level(logging.WARNING, logger="flowkit"):
+        assert tvl1_native.load() is not None
+    assert caplog.text == ""

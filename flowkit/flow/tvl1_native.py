@@ -18,6 +18,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 
@@ -68,14 +69,22 @@ def _cpu_signature() -> str:
     return f"{platform.machine()}|{platform.system()}|{flags.strip()}"
 
 
-def library_path(cc: list[str]) -> Path:
-    """Where the kernel built by `cc` for this CPU lives (a new source or CPU gets a new file)."""
+def library_path(folder: Path | None = None) -> Path:
+    """Where the kernel for this source, these flags and this CPU lives (default folder: flowkit's cache).
+
+    The compiler is not part of the key: a build from any compiler will do, so nodes without one can
+    load what a node with the same CPU built into a shared cache."""
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(cc).encode(), " ".join(FLAGS + ARCH_FLAGS).encode(),
-                 _cpu_signature().encode()):
+    for part in (SOURCE.read_bytes(), " ".join(FLAGS + ARCH_FLAGS).encode(), _cpu_signature().encode()):
         key.update(part)
         key.update(b"\0")
-    return cache_root() / "native" / f"tvl1-{key.hexdigest()[:20]}.so"
+    return (folder or cache_root() / "native") / f"tvl1-{key.hexdigest()[:20]}.so"
+
+
+def _fallback_folder() -> Path:
+    """A per-user temporary folder, for when flowkit's cache cannot be written (read-only home)."""
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"flowkit-{user}" / "native"
 
 
 def _build(cc: list[str], target: Path) -> None:
@@ -120,21 +129,42 @@ def load() -> ctypes.CDLL | None:
 
 
 def _load_or_build() -> ctypes.CDLL | None:
+    for path in (library_path(), library_path(_fallback_folder())):
+        if path.exists():
+            try:
+                return _loaded(path)
+            except OSError:
+                pass  # unloadable (foreign or damaged): build again below
     cc = compiler()
     if cc is None:
         log.warning("tvl1: no C compiler (cc, gcc, clang or $CC) for the fast CPU kernel; "
                     "using the PyTorch path")
         return None
-    path = library_path(cc)
-    try:
-        if not path.exists():
-            log.warning("tvl1: building the CPU kernel for this machine (once, about a second) in %s",
-                        path.parent)
+    problem: BaseException | None = None
+    log.warning("tvl1: building the CPU kernel for this machine (once, about a second) in %s",
+                library_path().parent)
+    for path in (library_path(), library_path(_fallback_folder())):
+        try:
             _build(cc, path)
-        return _bind(ctypes.CDLL(str(path)))
-    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-        log.warning("tvl1: the fast CPU kernel is unavailable (%s); using the PyTorch path", exc)
-        return None
+            return _loaded(path)
+        except OSError as exc:  # the cache cannot be written (read-only home): the temporary folder
+            problem = exc
+        except (RuntimeError, subprocess.SubprocessError) as exc:  # the compiler failed: no use retrying
+            problem = exc
+            break
+    log.warning("tvl1: the fast CPU kernel is unavailable (%s); using the PyTorch path", problem)
+    return None
+
+
+def _loaded(path: Path) -> ctypes.CDLL:
+    lib = _bind(ctypes.CDLL(str(path)))
+    _state["path"] = path
+    return lib
+
+
+def loaded_path() -> Path | None:
+    """The file of the loaded kernel library (None before load() or without one)."""
+    return _state.get("path")  # type: ignore[return-value]
 
 
 def forget() -> None:
