@@ -169,3 +169,13 @@ def test_more_workers_than_cores_warn_once_in_the_parent(caplog):
         assert not caplog.records  # a worker's initializer stays quiet
         threads.apply_budget(ThreadBudget(2, "test", 4), environ={}, libraries=False)
     assert "4 workers on 2 usable core(s)" in caplog.text
+
+
+def test_cpu_batches_give_every_compute_thread_work(monkeypatch):
+    from flowkit.pipelines.flow import default_batch_size
+
+    monkeypatch.setattr(threads, "_applied", ThreadBudget(16, "test", workers=1))
+    assert default_batch_size("cpu") == 2 * ThreadBudget(16, "test").compute  # 2 per engine thread
+    monkeypatch.setattr(threads, "_applied", ThreadBudget(2, "test", workers=1))
+    assert default_batch_size("cpu") == 8
+    assert default_batch_size("cuda:0") == 32

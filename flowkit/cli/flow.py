@@ -120,7 +120,8 @@ def parse_devices(text: str) -> tuple[str, tuple[str, ...]]:
 @click.option("--classes", type=click.Path(exists=True, dir_okay=False, resolve_path=True),
               default=None, help=CLASSES_HELP)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Frame pairs per engine call.  [default: 32 on GPU, 8 on CPU]")
+              help="Frame pairs per engine call.  [default: 32 on GPU; on CPU 8, or 2 per compute "
+                   "thread if more]")
 @click.option("--jpeg-encoder", type=click.Choice(["auto", "opencv", "torchvision"]), default=None,
               help="JPEG encoder: opencv (libjpeg-turbo), torchvision (nvJPEG on CUDA); auto = torchvision "
                    "on a CUDA device, else opencv. Recorded in the job.  [default: auto]")

@@ -134,8 +134,13 @@ def _match_cv2_threads() -> None:
 
 
 def default_batch_size(device: str) -> int:
-    """Pairs per engine call: large on a GPU (throughput), modest on a CPU (cache, latency)."""
-    return 32 if device.startswith("cuda") else 8
+    """Pairs per engine call: large on a GPU (throughput); on a CPU at least 8 and two per compute thread,
+    so that every thread of the engine has a pair to work on (and another one when it finishes early)."""
+    if device.startswith("cuda"):
+        return 32
+    from flowkit.threads import current_budget, derive_budget
+
+    return max(8, 2 * (current_budget() or derive_budget()).compute)
 
 
 @dataclass
