@@ -332,7 +332,12 @@ class VideoFeatures:
         wants_flow = "flow" in self.cfg.streams
         lookup = self._flow_lookup(item, info, notes) if wants_flow and self.cfg.flow_dir else None
         flow_fn = self._flow_fn() if wants_flow and lookup is None else None
-        assembler = WindowAssembler(plan, "rgb" in self.cfg.streams, flow_fn, self.cfg.batch_size, lookup)
+        flow_batch = self.cfg.batch_size
+        if flow_fn is not None:  # pairs per engine call: enough for every engine thread (extract-flow's rule)
+            from flowkit.pipelines.flow import default_batch_size
+
+            flow_batch = max(flow_batch, default_batch_size(str(self.extractor.device)))
+        assembler = WindowAssembler(plan, "rgb" in self.cfg.streams, flow_fn, flow_batch, lookup)
         reader = prefetch(video, depth=2 * self.clip_len)
         outputs: dict[str, list[np.ndarray]] = {}
         batch: list[Window] = []
