@@ -298,6 +298,15 @@ def _upright(image: np.ndarray, rotation: float | None) -> np.ndarray:
     return cv2.rotate(image, _ROTATIONS[angle]) if angle in _ROTATIONS else image
 
 
+def chw_rgb_to_bgr(chw: Any) -> np.ndarray:
+    """An RGB (3, H, W) uint8 tensor as a contiguous BGR (H, W, 3) array. On a GPU the channel flip and the
+    interleave happen there, so the host receives one contiguous copy (no strided copy of a full frame on
+    the CPU, which costs about 1 ms at 720p); on the CPU one strided copy does both."""
+    if chw.device.type != "cpu":
+        return chw.flip(0).permute(1, 2, 0).contiguous().cpu().numpy()
+    return np.ascontiguousarray(chw.permute(1, 2, 0).numpy()[:, :, ::-1])
+
+
 class TorchCodecBackend:
     """torchcodec's VideoDecoder (FFmpeg on CPU, NVDEC on CUDA); frames come back as BGR uint8 numpy."""
 
@@ -332,10 +341,7 @@ class TorchCodecBackend:
             except (RuntimeError, IndexError):
                 self.errors += 1
                 continue
-            image = None
-            if convert:
-                image = np.ascontiguousarray(frame.data.permute(1, 2, 0).cpu().numpy()[:, :, ::-1])
-            yield image, float(frame.pts_seconds)
+            yield (chw_rgb_to_bgr(frame.data) if convert else None), float(frame.pts_seconds)
 
     def close(self) -> None:
         """See Backend.close."""

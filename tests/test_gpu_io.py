@@ -65,3 +65,23 @@ def test_torchcodec_decoder_or_one_clear_error(make_video):
     assert reader.num_frames == 6
     diff = max(np.abs(a.image.astype(int) - b.image).max() for a, b in zip(frames, reference, strict=True))
     assert diff <= 3
+
+
+def test_gpu_frames_are_interleaved_on_the_device_with_the_same_pixels():
+    """torchcodec's NVDEC frames flip and interleave on the GPU; that branch, run on CPU data, equals the
+    CPU branch (and cv2's RGB->BGR)."""
+    import torch
+
+    from flowkit.decoders import chw_rgb_to_bgr
+
+    class OnDevice:  # a CPU tensor that reports a GPU: runs the device branch here
+        def __init__(self, t: torch.Tensor) -> None:
+            self.t, self.device = t, torch.device("cuda")
+
+        def flip(self, dim: int) -> torch.Tensor:
+            return self.t.flip(dim)
+
+    chw = torch.randint(0, 256, (3, 37, 53), dtype=torch.uint8)
+    expected = cv2.cvtColor(np.ascontiguousarray(chw.permute(1, 2, 0).numpy()), cv2.COLOR_RGB2BGR)
+    for out in (chw_rgb_to_bgr(chw), chw_rgb_to_bgr(OnDevice(chw))):
+        assert out.flags.c_contiguous and np.array_equal(out, expected)
