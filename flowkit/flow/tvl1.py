@@ -2,7 +2,8 @@
 
 Zach, Pock and Bischof, "A Duality Based Approach for Realtime TV-L1 Optical Flow" (DAGM 2007), in
 the discretisation of OpenCV's contrib module; see the project's tvl1-algorithm.md for the spec.
-B equal-size pairs run in lockstep with per-pair stopping, on CPU or CUDA with the same code.
+Each pair stops exactly where cv2 would; pairs are scheduled by tvl1_sched (a fused C kernel per task on
+CPU, slot pools of PyTorch or Triton kernels on CUDA), and the eager PyTorch path here is the oracle.
 """
 
 from __future__ import annotations
@@ -359,8 +360,8 @@ class TVL1Engine:
         return self._kernels
 
     def _native_applies(self) -> bool:
-        """The fused C kernel runs CPU work with OpenCV's CPU numerics (the CUDA class's schedule
-        and the forced-compact pool kinds keep the PyTorch solver)."""
+        """The fused C kernel runs CPU work with OpenCV's CPU numerics; the CUDA class's schedule and
+        compact=False (the device pool kinds, tested on the CPU) keep the PyTorch solver."""
         return (torch.device(self.device).type == "cpu" and self.params.pyramid != "opencv-cuda"
                 and self.compact)
 
