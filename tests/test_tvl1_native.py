@@ -181,3 +181,19 @@ def test_a_node_without_compiler_loads_what_another_node_built(fresh_cache, monk
     with caplog.at_level(logging.WARNING, logger="flowkit"):
         assert tvl1_native.load() is not None
     assert caplog.text == ""
+
+
+@needs_cc
+def test_a_forked_child_gets_its_own_task_threads(pairs, monkeypatch) -> None:
+    """A fork copies the engine's scheduler but not its threads: the child (another pid) starts new ones
+    instead of queueing tasks on threads that do not exist (which would hang)."""
+    from flowkit.flow import tvl1_sched
+
+    prev, nxt, _ = pairs
+    engine = _native(**ONE_LEVEL)
+    expected = engine(prev[:2], nxt[:2])
+    parent_pool = engine.scheduler()._executor
+    real_pid = tvl1_sched.os.getpid()
+    monkeypatch.setattr(tvl1_sched.os, "getpid", lambda: real_pid + 1)  # "in the child"
+    assert np.array_equal(engine(prev[:2], nxt[:2]), expected)
+    assert engine.scheduler()._executor is not parent_pool

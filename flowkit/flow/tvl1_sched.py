@@ -9,6 +9,7 @@ the stopping rule are exactly the lockstep solver's (cv2's), so results do not d
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -219,8 +220,6 @@ def warp_data(warp: Callable, src: torch.Tensor, u: torch.Tensor,
 
 def fused_iterate(device: torch.device | str) -> Callable | None:
     """tvl1_triton.tvl1_iterations when it can run here (CUDA, or CPU under TRITON_INTERPRET=1)."""
-    import os
-
     dev = torch.device(device)
     if dev.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         return None
@@ -292,14 +291,17 @@ class ThreadedScheduler(Scheduler):
         self.threads = max(1, threads)
         self.running: dict[Future, _Pair] = {}
         self._executor: ThreadPoolExecutor | None = None
+        self._pid = os.getpid()
 
     def pending(self) -> bool:
         return bool(self.running) or super().pending()
 
     def round(self) -> None:
         """Start the tasks of pairs that need a warp, then wait for any task to end and advance it."""
-        if self.needs_warp and self._executor is None:
+        if self.needs_warp and (self._executor is None or self._pid != os.getpid()):
+            # A forked child inherits the executor but not its threads: it needs its own.
             self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="flowkit-tvl1")
+            self._pid, self.running = os.getpid(), {}
         for pair in self.needs_warp:
             self.running[self._executor.submit(self._run_task, pair)] = pair
             self.counters.warp_calls += 1
