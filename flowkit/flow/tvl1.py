@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -198,12 +199,18 @@ class TVL1Engine:
         self._native: Any = None
         self._sched: Any = None
         self._streamed: dict[int, bool] = {}
+        self._lock = threading.RLock()  # one caller at a time: the scheduler holds per-call state
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_kernels"] = None  # compiled callables do not pickle; rebuilt in the worker
         state["_sched"], state["_streamed"], state["_native"] = None, {}, None
+        del state["_lock"]
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     def __call__(self, prev: np.ndarray, nxt: np.ndarray,
                  initial_flow: np.ndarray | None = None) -> np.ndarray:
@@ -239,9 +246,9 @@ class TVL1Engine:
         solver = _Solver(self.params.effective(), None, dev, self.compact, self.sync_every, {})
         if solver.cuda_numerics:
             raise ConfigError("tvl1: submit/poll needs the 'opencv' or 'opencv2.4' pyramid")
-        with torch.no_grad():
+        with self._lock, torch.no_grad():
             ticket = self._submit(solver, self.scheduler(self._get_kernels()), i0, i1, None)
-        self._streamed[ticket] = single
+            self._streamed[ticket] = single
         return ticket
 
     @property
@@ -251,7 +258,12 @@ class TVL1Engine:
 
     def poll(self, wait: bool = True) -> list[tuple[int, np.ndarray]]:
         """Finished submitted calls as (ticket, flow (B,2,H,W) float32), in ticket order; with
-        wait, works until at least one is finished (if any is pending)."""
+        wait, works until at least one is finished (if any is pending). submit/poll serve one caller
+        (tickets are the engine's, not the thread's); compute() may be called from any thread."""
+        with self._lock:
+            return self._poll(wait)
+
+    def _poll(self, wait: bool) -> list[tuple[int, np.ndarray]]:
         sched = self._sched
         if sched is None or not self._streamed:
             return []
@@ -271,6 +283,11 @@ class TVL1Engine:
         if prev.shape != nxt.shape:
             raise ValueError(f"prev and nxt shapes differ: {tuple(prev.shape)}, {tuple(nxt.shape)}")
         i0, i1 = _to_gray255(prev), _to_gray255(nxt)
+        with self._lock:  # calls from several threads take turns (each batch uses every task thread)
+            return self._compute_locked(i0, i1, initial_flow)
+
+    def _compute_locked(self, i0: torch.Tensor, i1: torch.Tensor,
+                        initial_flow: torch.Tensor | None) -> torch.Tensor:
         kernels = self._get_kernels()
         with torch.no_grad():
             try:

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import stat
+import threading
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -114,10 +115,11 @@ def engine_input(engine: Any, bgr: np.ndarray) -> np.ndarray:
 
 
 def engine_for(cfg: FlowConfig, device: str) -> Any:
-    """One engine per worker process and device, built on first use (CUDA state stays in the worker)."""
+    """One engine per worker (process or thread) and device, built on first use (CUDA state stays in the
+    worker). Threads of the threading backend get their own: an engine's scheduler serves one caller."""
     from flowkit.flow import create_engine
 
-    key = (cfg.algorithm, device, tuple(sorted(cfg.engine_params.items())))
+    key = (cfg.algorithm, device, tuple(sorted(cfg.engine_params.items())), threading.get_ident())
     if key not in _engines:
         _match_cv2_threads()
         _engines[key] = create_engine(cfg.algorithm, device=device, **cfg.engine_params)
