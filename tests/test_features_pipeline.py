@@ -397,3 +397,29 @@ def test_a_run_stopped_before_assembly_resumes_without_recomputing(videos, tmp_p
         want = read_video(tmp_path / "ref" / shard, vid)["datasets"]
         got = read_video(out / shard, vid)["datasets"]
         assert want.keys() == got.keys() and all((want[k] == got[k]).all() for k in want)
+
+
+def test_threads_share_one_extractor_built_once():
+    """The threading backend's threads build the models once (two builds at once would interleave their
+    draws from torch's seeded generator, so --random-weights features differed from a sequential run)."""
+    import threading
+    import time
+
+    from flowkit.pipelines import extractor as extractor_module
+
+    builds: list[object] = []
+
+    def build() -> object:
+        time.sleep(0.05)  # long enough for every thread to arrive while the first one builds
+        builds.append(object())
+        return builds[-1]
+
+    got: list[object] = []
+    threads = [threading.Thread(target=lambda: got.append(extractor_module.extractor_for(("test",), build)))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    extractor_module._cache.clear()
+    assert len(builds) == 1 and all(g is builds[0] for g in got)

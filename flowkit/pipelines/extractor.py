@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -116,14 +117,18 @@ def random_init(model: torch.nn.Module, seed: int = 0) -> None:
 
 
 _cache: dict[tuple[Any, ...], Extractor] = {}
+_cache_lock = threading.Lock()
 
 
 def extractor_for(key: tuple[Any, ...], build: Any) -> Extractor:
-    """One Extractor per worker process and configuration (models stay loaded across videos)."""
-    if key not in _cache:
-        _cache.clear()  # a worker serves one configuration at a time; free the previous models
-        _cache[key] = build()
-    return _cache[key]
+    """One Extractor per worker process and configuration (models stay loaded across videos). Threads of
+    the threading backend share it: it is built once, under a lock (two builds at once would also
+    interleave their draws from torch's seeded generator, so --random-weights would differ)."""
+    with _cache_lock:
+        if key not in _cache:
+            _cache.clear()  # a worker serves one configuration at a time; free the previous models
+            _cache[key] = build()
+        return _cache[key]
 
 
 def check_amp(amp: str) -> str:
