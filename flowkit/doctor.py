@@ -76,7 +76,7 @@ def _cpu_kernel() -> tuple[str, str]:
 
     if tvl1_native.load() is not None:
         return "tvl1 cpu kernel", f"fused C kernel ({tvl1_native.loaded_path()})"
-    if os.environ.get("FLOWKIT_TVL1_NATIVE", "").strip().lower() in ("0", "false", "no", "off"):
+    if tvl1_native.switched_off():
         why = "FLOWKIT_TVL1_NATIVE=0"
     elif tvl1_native.compiler() is None:
         why = "no C compiler (cc, gcc, clang or $CC)"

@@ -115,21 +115,25 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
+def switched_off() -> bool:
+    """Whether FLOWKIT_TVL1_NATIVE=0 (or false/no/off) asks for the PyTorch path."""
+    return os.environ.get("FLOWKIT_TVL1_NATIVE", "").strip().lower() in ("0", "false", "no", "off")
+
+
 def load() -> ctypes.CDLL | None:
     """The kernel library, built on first use (logged once); None where no compiler can build it
     (the reason is logged once) or FLOWKIT_TVL1_NATIVE=0."""
     with _lock:
         if "lib" in _state:
             return _state["lib"]  # type: ignore[return-value]
-        lib = None
-        if os.environ.get("FLOWKIT_TVL1_NATIVE", "").strip().lower() not in ("0", "false", "no", "off"):
-            lib = _load_or_build()
+        lib = None if switched_off() else _load_or_build()
         _state["lib"] = lib
         return lib
 
 
 def _load_or_build() -> ctypes.CDLL | None:
-    for path in (library_path(), library_path(_fallback_folder())):
+    paths = (library_path(), library_path(_fallback_folder()))  # flowkit's cache, then the fallback
+    for path in paths:
         if path.exists():
             try:
                 return _loaded(path)
@@ -142,8 +146,8 @@ def _load_or_build() -> ctypes.CDLL | None:
         return None
     problem: BaseException | None = None
     log.warning("tvl1: building the CPU kernel for this machine (once, about a second) in %s",
-                library_path().parent)
-    for path in (library_path(), library_path(_fallback_folder())):
+                paths[0].parent)
+    for path in paths:
         try:
             _build(cc, path)
             return _loaded(path)
